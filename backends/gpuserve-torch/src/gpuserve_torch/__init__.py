@@ -1,0 +1,5 @@
+"""PyTorch backend for gpuserve."""
+
+from gpuserve_torch.backend import TorchBackend
+
+__all__ = ["TorchBackend"]

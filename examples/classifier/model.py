@@ -1,0 +1,30 @@
+"""A small MLP classifier whose weights come from a fixed seed: the same on every machine."""
+
+import torch
+
+FEATURES = 8
+CLASSES = 3
+SEED = 0
+
+
+def build_model() -> torch.nn.Module:
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(SEED)
+    try:
+        model = torch.nn.Sequential(
+            torch.nn.Linear(FEATURES, 32),
+            torch.nn.ReLU(),
+            torch.nn.Linear(32, CLASSES),
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)  # leave the caller's RNG as it was
+    return model.eval()
+
+
+def predict(model: torch.nn.Module, rows: list[list[float]], device: torch.device) -> list[dict]:
+    """The forward pass the service runs: one result per row."""
+    with torch.inference_mode():
+        logits = model(torch.tensor(rows, dtype=torch.float32, device=device))
+        probabilities = logits.softmax(dim=1)
+    labels = probabilities.argmax(dim=1).tolist()
+    return [{"label": label, "probabilities": p} for label, p in zip(labels, probabilities.tolist())]

@@ -1,0 +1,8 @@
+"""gpuserve: serve models on GPUs over HTTP."""
+
+from gpuserve.context import ReplicaContext, context
+from gpuserve.service import api, service
+
+__version__ = "0.1.0"
+
+__all__ = ["ReplicaContext", "__version__", "api", "context", "service"]

@@ -1,0 +1,118 @@
+"""The interface every backend plugin implements.
+
+The core decides *which* devices a replica gets (the planner); a backend knows
+*how* its framework uses them. Backends are found through the entry-point
+group `gpuserve.backends` (see `gpuserve.registry`); first-party backends use
+it exactly as third-party ones do.
+
+A capability a framework lacks raises `CapabilityError`; a backend never runs
+work silently on a device other than the one it was given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from gpuserve.devices.device import Device
+from gpuserve.errors import CapabilityError
+
+
+@attrs.frozen
+class Viability:
+    """Whether a backend can be used in this process, and why not."""
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> "Viability":
+        return cls(True)
+
+    @classmethod
+    def no(cls, reason: str) -> "Viability":
+        return cls(False, reason)
+
+
+@attrs.frozen
+class MemoryInfo:
+    used: int
+    total: int
+
+
+class Backend:
+    """Base class of backends. Override what your framework can do.
+
+    Class attributes:
+      `name`       the entry-point name users pass to `--backend`;
+      `priority`   higher wins when several viable backends are installed;
+      `uses_gpus`  False for a backend that only ever runs on the CPU.
+    """
+
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+    uses_gpus: ClassVar[bool] = True
+
+    @classmethod
+    def viable(cls) -> Viability:
+        """Cheap check (imports at most; never initialises a device)."""
+        return Viability.yes()
+
+    # -- discovery and visibility -------------------------------------------------
+    def devices(self) -> list[Device]:
+        """The GPUs this framework can use in this process, in its own ordinals."""
+        raise CapabilityError(self.name, "list devices")
+
+    def visibility_env(self, devices: Sequence[Device]) -> dict[str, str]:
+        """Environment a child process needs to see exactly `devices`, as 0..k-1.
+
+        UUIDs rather than ordinals: they mean the same thing in every process,
+        whatever `CUDA_DEVICE_ORDER` says.
+        """
+        gpus = [d for d in devices if d.is_gpu]
+        return {"CUDA_VISIBLE_DEVICES": ",".join(d.uuid for d in gpus)}
+
+    def limit_visibility(self, devices: Sequence[Device]) -> None:
+        """Limit this process to `devices` before the framework initialises.
+
+        The server has already narrowed `CUDA_VISIBLE_DEVICES`; frameworks that
+        read it at initialisation need nothing more. Override to check that the
+        framework was not initialised too early, or to configure it in-process.
+        """
+
+    # -- placement ---------------------------------------------------------------
+    def native_device(self, device: Device) -> Any:
+        """The framework's own handle for `device` (what `context().device` returns)."""
+        return device.label
+
+    def place(self, obj: Any, device: Device) -> Any:
+        raise CapabilityError(self.name, f"place an object on {device.label}")
+
+    def distribute(self, model: Any, devices: Sequence[Device]) -> Any:
+        if len(devices) == 1:
+            return self.place(model, devices[0])
+        raise CapabilityError(self.name, f"distribute a model over {len(devices)} devices")
+
+    @contextlib.contextmanager
+    def device_context(self, device: Device) -> Iterator[None]:
+        """Make `device` current in the calling thread for the duration."""
+        if device.is_gpu:
+            raise CapabilityError(self.name, f"make {device.label} current")
+        yield
+
+    def limit_memory(self, device: Device, fraction: float) -> None:
+        """Cap this process's use of `device` to `fraction` of its memory."""
+        raise CapabilityError(self.name, f"cap memory on {device.label} to {fraction:.0%}")
+
+    # -- run time ----------------------------------------------------------------
+    def memory(self, device: Device) -> MemoryInfo:
+        raise CapabilityError(self.name, f"report memory of {device.label}")
+
+    def synchronize(self, device: Device) -> None:
+        """Wait for queued work on `device` (no-op where execution is synchronous)."""
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, MemoryError)

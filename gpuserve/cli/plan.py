@@ -1,0 +1,71 @@
+"""`gpuserve plan MODULE:ATTR`: which devices each worker would get, without building any."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from gpuserve.devices import discover
+from gpuserve.errors import GpuserveError
+from gpuserve.loader import load_service
+from gpuserve.planner import plan
+from gpuserve.settings import Settings
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="show which devices each worker of a service would get",
+        description=(
+            "Show the allocation plan of a service under the current environment "
+            "(CUDA_VISIBLE_DEVICES included) without building any replica."
+        ),
+    )
+    parser.add_argument("service", metavar="MODULE:ATTR", help="the service, e.g. app:Classifier")
+    parser.add_argument("--workers", type=_positive_int, help="number of workers (default: the service's)")
+    parser.add_argument(
+        "--require-gpu", action="store_true", help="fail instead of falling back to the CPU when no GPU can be used"
+    )
+    parser.add_argument(
+        "--cpu-devices", type=_positive_int, metavar="N", help="virtual CPU devices to plan on (default 1)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(run=run)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        # The same precedence as `serve`: flags, then GPUSERVE_* variables, then defaults.
+        settings = Settings.from_sources(
+            {"workers": args.workers, "require_gpu": args.require_gpu or None, "cpu_devices": args.cpu_devices},
+            os.environ,
+        )
+        spec = load_service(args.service)
+        result = plan(
+            spec.resources,
+            settings.workers or spec.workers,
+            discover(os.environ),
+            require_gpu=settings.require_gpu,
+            cpu_devices=settings.cpu_devices,
+        )
+    except GpuserveError as exc:
+        print(f"gpuserve plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    if result.fallback_reason:
+        print(f"warning: {result.fallback_reason}", file=sys.stderr)
+    print(f"plan for {spec.name} ({result.inventory_source}):")
+    for line in result.describe():
+        print(f"  {line}")
+    return 0

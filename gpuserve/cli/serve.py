@@ -1,0 +1,89 @@
+"""`gpuserve serve MODULE:ATTR`: plan the devices, build the replicas, serve HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from gpuserve.deployment import prepare
+from gpuserve.errors import GpuserveError
+from gpuserve.loader import load_service
+from gpuserve.settings import Settings
+
+log = logging.getLogger("gpuserve")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a service over HTTP",
+        description="Import MODULE:ATTR from the current directory, build its replicas on the "
+        "planned devices and serve its APIs. Every flag also reads GPUSERVE_<FLAG> "
+        "(e.g. GPUSERVE_PORT); flags win.",
+    )
+    p.add_argument("service", metavar="MODULE:ATTR", help="the @gpuserve.service class, e.g. app:Classifier")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 3000; 0 picks a free one)")
+    p.add_argument("--backend", help="backend to use (default: the service's, else the best installed)")
+    p.add_argument("--isolation", choices=["thread", "process"], help="replicas as threads or processes")
+    p.add_argument("--workers", type=int, help="replicas to build (default: the service's workers=)")
+    p.add_argument("--require-gpu", action="store_true", default=None,
+                   help="fail instead of falling back to the CPU when no GPU can be used")
+    p.add_argument("--cpu-devices", type=int, help="virtual CPU devices to spread CPU replicas over")
+    p.add_argument("--instances-per-device", type=int, help="replicas per planned device (default 1)")
+    p.add_argument("--max-body-size", type=int, help="largest request body in bytes (default 16 MiB)")
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="default request deadline in seconds")
+    p.add_argument("--queue-size", type=int, help="requests queued per API before 503 (default: derived)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=run)
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {k: v for k, v in vars(args).items() if k not in ("service", "run", "log_level", "command")}
+    try:
+        settings = Settings.from_sources(flags, os.environ)
+        spec = load_service(args.service)
+        deployment = prepare(spec, settings, os.environ)
+    except GpuserveError as exc:
+        print(f"gpuserve: {exc}", file=sys.stderr)
+        return 2
+
+    failed: list[str] = []
+
+    def stop_on_failure(reason: str) -> None:
+        failed.append(reason)
+        os.kill(os.getpid(), signal.SIGTERM)  # run_app's own graceful shutdown
+
+    from gpuserve.server import create_app
+
+    app = create_app(deployment, on_failure=stop_on_failure)
+    loop = _event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        handler_cancellation=True,  # a client that leaves cancels its request
+        access_log=None,
+        print=lambda msg: log.info(msg.strip()),
+    )
+    if failed:
+        print(f"gpuserve: replicas failed to build: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0

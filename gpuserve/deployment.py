@@ -1,0 +1,88 @@
+"""From a declared service to what will run: backend, plan, visibility, executors.
+
+Everything here happens before the server listens, so a plan that cannot fit
+or a missing backend stops the start with its error, not the first request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, MutableMapping
+
+import attrs
+
+from gpuserve.backend import Backend
+from gpuserve.devices import discover
+from gpuserve.executors import Executor, Placement, ProcessExecutor, ThreadExecutor
+from gpuserve.planner import Plan, plan
+from gpuserve.registry import BackendEntry, default_registry
+from gpuserve.service import ServiceSpec
+from gpuserve.settings import Settings
+
+log = logging.getLogger("gpuserve")
+
+
+@attrs.frozen
+class Deployment:
+    spec: ServiceSpec
+    settings: Settings
+    backend: Backend
+    backend_entry: BackendEntry
+    plan: Plan  # ordinals as the server process sees them after narrowing
+    isolation: str
+    service_ref: str
+    base_env: Mapping[str, str]
+
+    def placements(self) -> list[Placement]:
+        return [
+            Placement(worker.index, instance, worker.devices, worker.memory_limit)
+            for worker in self.plan.workers
+            for instance in range(self.settings.instances_per_device)
+        ]
+
+    def executors(self) -> list[Executor]:
+        if self.isolation == "process":
+            return [
+                ProcessExecutor(self.spec, self.backend, p, service_ref=self.service_ref, base_env=self.base_env)
+                for p in self.placements()
+            ]
+        return [ThreadExecutor(self.spec, self.backend, p) for p in self.placements()]
+
+
+def service_ref_of(spec: ServiceSpec) -> str:
+    return f"{spec.cls.__module__}:{spec.cls.__qualname__}"
+
+
+def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, str]) -> Deployment:
+    """Choose the backend, plan the devices and narrow this process's visibility.
+
+    In thread isolation the server narrows its own `CUDA_VISIBLE_DEVICES` to the
+    planned devices (in `environ`, normally `os.environ`) before any framework
+    initialises, so `cuda:0..k-1` are exactly the planned GPUs. In process
+    isolation each child gets its own narrowed environment instead.
+    """
+    entry = default_registry().choose(settings.backend, spec.backend)
+    assert entry.cls is not None
+    backend = entry.cls()
+    inventory = discover(environ)
+    the_plan = plan(
+        spec.resources,
+        settings.workers or spec.workers,
+        inventory,
+        require_gpu=settings.require_gpu,
+        cpu_devices=settings.cpu_devices,
+        gpu_capable=backend.uses_gpus,
+        gpu_incapable_reason=f"backend {entry.name!r} runs on the CPU only",
+    )
+    if the_plan.fallback_reason:
+        log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
+    isolation = settings.isolation or spec.isolation
+    base_env = dict(environ)
+    if isolation == "thread":
+        the_plan, visible = the_plan.narrowed()
+        environ["CUDA_VISIBLE_DEVICES"] = visible
+        backend.limit_visibility(the_plan.gpu_union())
+    log.info("backend %s (%s %s), isolation %s; plan:", entry.name, entry.distribution, entry.version, isolation)
+    for line in the_plan.describe():
+        log.info("  %s", line)
+    return Deployment(spec, settings, backend, entry, the_plan, isolation, service_ref_of(spec), base_env)

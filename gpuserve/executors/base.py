@@ -1,0 +1,69 @@
+"""What every executor offers the pool."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from gpuserve.backend import Backend
+from gpuserve.context import ReplicaContext
+from gpuserve.devices.device import Device
+from gpuserve.errors import GpuserveError
+from gpuserve.executors.replica import BatchResult
+
+
+class ExecutorDied(GpuserveError):
+    """The executor was lost while running a batch (HTTP 503; it is restarted)."""
+
+
+@attrs.frozen
+class Placement:
+    """Which replica an executor holds and where: worker, instance, devices, memory cap."""
+
+    worker_index: int
+    instance: int
+    devices: tuple[Device, ...]
+    memory_limit: int | None = None
+
+    @property
+    def key(self) -> str:
+        where = ",".join(d.label for d in self.devices) or "cpu"
+        return f"{where}#{self.worker_index}.{self.instance}"
+
+    def context(self, backend: Backend) -> ReplicaContext:
+        native = tuple(backend.native_device(d) for d in self.devices)
+        return ReplicaContext(
+            worker_index=self.worker_index,
+            instance=self.instance,
+            backend=backend,
+            planned=self.devices,
+            device=native[0] if native else None,
+            devices=native,
+            memory_limit=self.memory_limit,
+        )
+
+
+class Executor(abc.ABC):
+    placement: Placement
+
+    @property
+    def key(self) -> str:
+        return self.placement.key
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Build the replica; raises if the user's constructor fails."""
+
+    @abc.abstractmethod
+    async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
+        """Run one batch; raises `ExecutorDied` if the executor was lost."""
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...

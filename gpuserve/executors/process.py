@@ -1,0 +1,139 @@
+"""A replica in its own spawned process that sees only its own devices.
+
+The child's environment is the server's, narrowed by the backend's
+`visibility_env` for the worker's devices, so the framework in the child
+numbers them from 0: `cuda:0` there is this worker's first GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+
+from gpuserve.backend import Backend
+from gpuserve.errors import GpuserveError
+from gpuserve.executors import wire
+from gpuserve.executors.base import Executor, ExecutorDied, Placement
+from gpuserve.executors.replica import BatchResult
+from gpuserve.service import ServiceSpec
+
+
+class ReplicaStartError(GpuserveError):
+    pass
+
+
+def child_environment(base: Mapping[str, str], backend: Backend, placement: Placement) -> dict[str, str]:
+    """The server's environment narrowed to the worker's devices; never widened.
+
+    The planned devices all come from the inventory, which already honours the
+    inherited `CUDA_VISIBLE_DEVICES`, so the UUID list is always a subset.
+    """
+    env = dict(base)
+    env.update(backend.visibility_env(placement.devices))
+    return env
+
+
+class ProcessExecutor(Executor):
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        backend: Backend,
+        placement: Placement,
+        *,
+        service_ref: str,
+        base_env: Mapping[str, str],
+    ) -> None:
+        self.placement = placement
+        self.service_ref = service_ref
+        self.backend = backend
+        self._env = child_environment(base_env, backend, placement)
+        # Devices renumbered as the child sees them: 0..k-1.
+        self._child_placement = attrs.evolve(
+            placement, devices=tuple(d.renumbered(i) for i, d in enumerate(placement.devices))
+        )
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpuserve-io-{self.key}")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self.child_visible_devices: str | None = None
+        self.pid: int | None = None
+
+    async def start(self) -> None:
+        await asyncio.wrap_future(self._io.submit(self._spawn))
+
+    def _spawn(self) -> None:
+        # A private socket pair: no address to find, nothing to authenticate,
+        # and EOF on our end the moment the child dies.
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "gpuserve.executors.child", str(theirs.fileno())],
+                env=self._env,
+                pass_fds=[theirs.fileno()],
+            )
+        self._conn = Connection(ours.detach())
+        wire.send(self._conn, {
+            "service": self.service_ref,
+            "sys_path": [p for p in sys.path if p],
+            "backend": self.backend.name,
+            "placement": self._child_placement,
+        })
+        try:
+            reply = wire.recv(self._conn)
+        except (EOFError, OSError):
+            code = self._proc.wait()
+            self._kill()
+            raise ReplicaStartError(f"worker process for {self.key} exited with code {code} while starting") from None
+        if reply[0] == "error":
+            self._kill()
+            failure = reply[1]
+            raise ReplicaStartError(f"replica {self.key} failed to build: {failure.type}: {failure.message}")
+        _, self.pid, self.child_visible_devices = reply
+
+    def _exchange(self, message: Any) -> BatchResult:
+        if self._conn is None:
+            raise ExecutorDied(f"worker process {self.key} is not running")
+        try:
+            wire.send(self._conn, message)
+            return wire.recv(self._conn)
+        except (EOFError, OSError) as exc:
+            code = self._proc.poll() if self._proc else None
+            self._kill()
+            raise ExecutorDied(f"worker process {self.key} died (exit code {code})") from exc
+
+    async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
+        return await asyncio.wrap_future(self._io.submit(self._exchange, (api_name, list(items))))
+
+    def _kill(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _shutdown(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the child sees EOF and exits
+            self._conn = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    async def stop(self) -> None:
+        await asyncio.wrap_future(self._io.submit(self._shutdown))
+
+    async def close(self) -> None:
+        await self.stop()
+        self._io.shutdown(wait=False)

@@ -1,0 +1,122 @@
+"""A built service instance and how it runs one batch.
+
+This runs inside an executor (a worker thread or a child process), never on
+the event loop. Failures are isolated here, next to the model, so a process
+executor needs no extra round trips: a failing batch is bisected until only
+the failing items fail, and an out-of-memory batch is split and retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from gpuserve.context import ReplicaContext, bind
+from gpuserve.backend import Backend
+from gpuserve.service import ApiSpec, ServiceSpec
+
+
+@attrs.frozen
+class Failure:
+    """One item's error, as it travels back to the server."""
+
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Failure":
+        return cls(type(exc).__name__, str(exc))
+
+
+@attrs.frozen
+class BatchResult:
+    outcomes: list[Any]  # a value or a Failure per item, in order
+    exec_s: float  # time spent in the user's method(s)
+    oom_ceiling: int | None = None  # a batch size that ran out of memory: stay below it
+
+
+class BatchShapeError(Exception):
+    pass
+
+
+class Replica:
+    def __init__(self, spec: ServiceSpec, ctx: ReplicaContext) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.instance: Any = None
+        self._defaults: dict[str, dict[str, Any]] = {}
+
+    @property
+    def backend(self) -> Backend:
+        return self.ctx.backend
+
+    def _current_device(self) -> contextlib.AbstractContextManager[None]:
+        planned = self.ctx.planned
+        return self.backend.device_context(planned[0]) if planned else contextlib.nullcontext()
+
+    def build(self) -> None:
+        """Construct the user's class with this replica's device current."""
+        bind(self.ctx)
+        if self.ctx.memory_limit is not None:
+            device = self.ctx.planned[0]
+            self.backend.limit_memory(device, self.ctx.memory_limit / device.memory_total)
+        with self._current_device():
+            self.instance = self.spec.cls()
+        for api in self.spec.apis.values():
+            params = list(inspect.signature(getattr(self.instance, api.method_name)).parameters.values())
+            self._defaults[api.name] = {p.name: p.default for p in params if p.default is not p.empty}
+
+    def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
+        api = self.spec.apis[api_name]
+        outcomes: list[Any] = [None] * len(items)
+        state = {"exec_s": 0.0, "oom": None}
+        with self._current_device():
+            self._run_range(api, items, 0, len(items), outcomes, state)
+        return BatchResult(outcomes, state["exec_s"], state["oom"])
+
+    def _call(self, api: ApiSpec, items: Sequence[dict[str, Any]]) -> list[Any]:
+        method = getattr(self.instance, api.method_name)
+        if not api.batchable:
+            return [method(**items[0])]
+        defaults = self._defaults[api.name]
+        kwargs = {
+            p: [item[p] if p in item else defaults[p] for item in items]
+            for p in api.params
+        }
+        results = method(**kwargs)
+        count = len(results) if hasattr(results, "__len__") else None
+        if count != len(items):
+            raise BatchShapeError(
+                f"batchable API {api.name!r} returned {count if count is not None else type(results).__name__} "
+                f"results for a batch of {len(items)}; it must return one result per input"
+            )
+        return list(results)
+
+    def _run_range(
+        self, api: ApiSpec, items: Sequence[dict[str, Any]], lo: int, hi: int,
+        outcomes: list[Any], state: dict[str, Any],
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            outcomes[lo:hi] = self._call(api, items[lo:hi])
+            return
+        except BatchShapeError as exc:  # a contract error: splitting would only hide it
+            outcomes[lo:hi] = [Failure.of(exc)] * (hi - lo)
+            return
+        except Exception as exc:
+            if hi - lo == 1:
+                outcomes[lo] = Failure.of(exc)
+                return
+            if self.backend.is_out_of_memory(exc):
+                size = hi - lo
+                state["oom"] = size if state["oom"] is None else min(state["oom"], size)
+        finally:
+            state["exec_s"] += time.perf_counter() - start
+        mid = (lo + hi) // 2
+        self._run_range(api, items, lo, mid, outcomes, state)
+        self._run_range(api, items, mid, hi, outcomes, state)

@@ -1,0 +1,1 @@
+"""HTTP protocols on top of the batcher: gpuserve's native JSON routes."""

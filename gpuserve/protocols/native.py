@@ -1,0 +1,126 @@
+"""Native JSON routes: `POST /<api>`, `/livez`, `/readyz`, `/stats`, JSON errors."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from gpuserve.batching import DeadlineExceeded, ItemFailed, Refused
+from gpuserve.codecs import BadRequest, decode_arguments, encode
+from gpuserve.service import ApiSpec
+
+if TYPE_CHECKING:
+    from gpuserve.server import ServerState
+
+TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline
+
+
+def json_error(status: int, message: str, *, retry_after: float | None = None, **extra: Any) -> web.Response:
+    headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else None
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": message, **extra}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"no answer within the {timeout:g} s deadline"))
+
+
+def _timeout(request: web.Request, default: float) -> float:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise BadRequest(f"{TIMEOUT_HEADER}: {raw!r} is invalid: expected seconds > 0, e.g. 2.5")
+    return value
+
+
+def _api_handler(api: ApiSpec, state: "ServerState"):
+    batcher = state.batcher
+    settings = state.deployment.settings
+    default_timeout = settings.timeout_s
+    name = api.name
+
+    async def handle(request: web.Request) -> web.Response:
+        if not state.ready:
+            reason = f"replicas failed to build: {state.failure}" if state.failure else "replicas are still being built"
+            return json_error(503, f"not ready: {reason}", retry_after=1)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(
+                413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)"
+            )
+        try:
+            kwargs = decode_arguments(api, body)
+            timeout = _timeout(request, default_timeout)
+            future = batcher.submit(name, kwargs)
+        except BadRequest as exc:
+            return json_error(400, str(exc))
+        except Refused as exc:
+            return json_error(exc.status, str(exc), retry_after=exc.retry_after, reason=exc.reason)
+        # The deadline timer lives on the event loop, apart from the executor: a
+        # stuck device cannot make a request late. A client that disconnects
+        # cancels this handler and so `future`: the batcher then skips it.
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future, timeout)
+        try:
+            result = await future
+        except ItemFailed as exc:
+            return json_error(500, f"{name!r} raised {exc}", type=exc.failure.type)
+        except Refused as exc:
+            retry = exc.retry_after if exc.status == 503 else None
+            return json_error(exc.status, str(exc), retry_after=retry, reason=exc.reason)
+        finally:
+            timer.cancel()
+        try:
+            payload = encode(result)
+        except TypeError as exc:
+            return json_error(500, f"{name!r} returned a value that is not JSON: {exc}", type="TypeError")
+        return web.Response(body=payload, content_type="application/json")
+
+    return handle
+
+
+def add_native_routes(app: web.Application, state: "ServerState") -> None:
+    async def livez(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if state.ready:
+            return web.json_response({"status": "ready", "replicas": len(state.pool)})
+        reason = f"replicas failed to build: {state.failure}" if state.failure else "replicas are still being built"
+        return json_error(503, f"not ready: {reason}", retry_after=1)
+
+    async def stats(_: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(state.batcher.stats.snapshot()), content_type="application/json")
+
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/stats", stats)
+    for api in state.deployment.spec.apis.values():
+        app.router.add_post(f"/{api.name}", _api_handler(api, state))
+
+
+def add_fallback_route(app: web.Application, state: "ServerState") -> None:
+    """JSON 404 / 405 for everything no other route took; registered last."""
+    api_paths = {f"/{name}" for name in state.deployment.spec.apis}
+
+    async def fallback(request: web.Request) -> web.Response:
+        if request.path in api_paths:
+            return json_error(405, f"{request.method} {request.path}: use POST", allowed=["POST"])
+        routes = sorted(api_paths | {"/livez", "/readyz", "/stats"})
+        return json_error(404, f"no route {request.method} {request.path}; routes: {routes}")
+
+    app.router.add_route("*", "/{tail:.*}", fallback)

@@ -1,0 +1,186 @@
+"""`@service` and `@api`: declarations, validated when the class is defined."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from gpuserve.errors import DeclarationError
+from gpuserve.resources import Resources
+
+ISOLATIONS = ("thread", "process")
+_ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_RESERVED_ROUTES = frozenset({"livez", "readyz", "metrics", "v2"})
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DeclarationError(f"{name}={value!r} is invalid: expected a whole number >= 1")
+    return value
+
+
+def _positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise DeclarationError(f"{name}={value!r} is invalid: expected a number > 0")
+    return float(value)
+
+
+@attrs.frozen
+class ApiSpec:
+    """One HTTP API of a service: `POST /<name>` calls `method_name`."""
+
+    name: str
+    method_name: str
+    batchable: bool
+    max_batch_size: int
+    max_latency_ms: float
+    params: tuple[str, ...]
+    required: frozenset[str]
+
+
+@attrs.frozen
+class ServiceSpec:
+    """What `@service` recorded about a class."""
+
+    cls: type
+    name: str
+    resources: Resources
+    workers: int
+    isolation: str
+    backend: str | None
+    apis: Mapping[str, ApiSpec]
+
+    def api(self, name: str) -> ApiSpec:
+        return self.apis[name]
+
+
+def _signature_params(func: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str]]:
+    params = list(inspect.signature(func).parameters.values())[1:]  # drop self
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise DeclarationError(
+                f"API {func.__qualname__}: parameter {p.name!r} is {p.kind.description}; "
+                "APIs take named parameters only (the JSON body's keys)"
+            )
+    names = tuple(p.name for p in params)
+    required = frozenset(p.name for p in params if p.default is p.empty)
+    return names, required
+
+
+@overload
+def api(func: F) -> F: ...
+@overload
+def api(
+    *,
+    name: str | None = None,
+    batchable: bool = False,
+    max_batch_size: int = 64,
+    max_latency_ms: float = 60_000,
+) -> Callable[[F], F]: ...
+
+
+def api(
+    func: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    batchable: bool = False,
+    max_batch_size: int = 64,
+    max_latency_ms: float = 60_000,
+) -> Any:
+    """Expose a method as `POST /<name>`.
+
+    A batchable API's method receives, for each parameter, a list with one
+    element per queued request and returns a list of the same length.
+    `max_latency_ms` bounds time in queue plus predicted execution.
+    """
+    if not isinstance(batchable, bool):
+        raise DeclarationError(f"batchable={batchable!r} is invalid: expected True or False")
+    size = _positive_int("max_batch_size", max_batch_size)
+    latency = _positive_number("max_latency_ms", max_latency_ms)
+
+    def mark(f: F) -> F:
+        if not callable(f):
+            raise DeclarationError(f"@gpuserve.api decorates a method, not {f!r}")
+        route = name if name is not None else f.__name__
+        if not isinstance(route, str) or not _ROUTE_NAME.match(route) or route in _RESERVED_ROUTES:
+            raise DeclarationError(
+                f"API name {route!r} is invalid: expected letters, digits, '_' or '-', "
+                f"not one of the reserved routes {sorted(_RESERVED_ROUTES)}"
+            )
+        params, required = _signature_params(f)
+        f.__gpuserve_api__ = ApiSpec(  # type: ignore[attr-defined]
+            name=route,
+            method_name=f.__name__,
+            batchable=batchable,
+            max_batch_size=size if batchable else 1,
+            max_latency_ms=latency,
+            params=params,
+            required=required,
+        )
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+def service(
+    cls: type[T] | None = None,
+    *,
+    name: str | None = None,
+    resources: Mapping[str, Any] | Resources | None = None,
+    workers: int = 1,
+    isolation: str = "thread",
+    backend: str | None = None,
+) -> Any:
+    """Declare a class as a gpuserve service.
+
+    `resources` describe one worker (replica); `workers` replicas are built.
+    `isolation="process"` runs each replica in its own process that sees only
+    its own GPUs (as `cuda:0..k-1`).
+    """
+    parsed = Resources.parse(resources)
+    count = _positive_int("workers", workers)
+    if isolation not in ISOLATIONS:
+        raise DeclarationError(f"isolation={isolation!r} is invalid: expected one of {list(ISOLATIONS)}")
+    if backend is not None and (not isinstance(backend, str) or not backend):
+        raise DeclarationError(f"backend={backend!r} is invalid: expected a backend name such as 'torch'")
+
+    def declare(c: type[T]) -> type[T]:
+        if not isinstance(c, type):
+            raise DeclarationError(f"@gpuserve.service decorates a class, not {c!r}")
+        apis: dict[str, ApiSpec] = {}
+        for attr in dir(c):
+            spec = getattr(getattr(c, attr, None), "__gpuserve_api__", None)
+            if isinstance(spec, ApiSpec):
+                if spec.name in apis:
+                    raise DeclarationError(f"two APIs of {c.__name__} are both named {spec.name!r}")
+                apis[spec.name] = spec
+        if not apis:
+            raise DeclarationError(
+                f"service {c.__name__} has no APIs: mark at least one method with @gpuserve.api"
+            )
+        c.__gpuserve_service__ = ServiceSpec(  # type: ignore[attr-defined]
+            cls=c,
+            name=name or c.__name__,
+            resources=parsed,
+            workers=count,
+            isolation=isolation,
+            backend=backend,
+            apis=apis,
+        )
+        return c
+
+    return declare(cls) if cls is not None else declare
+
+
+def spec_of(obj: object) -> ServiceSpec:
+    spec = getattr(obj, "__gpuserve_service__", None)
+    if not isinstance(spec, ServiceSpec):
+        raise DeclarationError(f"{obj!r} is not a gpuserve service: decorate its class with @gpuserve.service")
+    return spec

@@ -1,0 +1,77 @@
+"""`fake-gpu`: a backend for the fake inventory, so GPU plans can be tested without GPUs.
+
+It pairs with `GPUSERVE_FAKE_GPUS` (see FAKE_GPUS.md): replicas are bound to
+the fake GPUs exactly as they would be to real ones — planning, narrowing,
+per-worker environments, `gpuserve.context()` — while the arithmetic runs on
+the host. It is never chosen automatically; ask for it with `--backend fake-gpu`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from gpuserve.backend import Backend, MemoryInfo, Viability
+from gpuserve.devices import FAKE_GPUS_ENV, Device, discover
+from gpuserve.errors import BackendError
+
+_current = threading.local()
+
+
+def current_fake_device() -> Device | None:
+    """The fake GPU made current in this thread by `device_context`."""
+    return getattr(_current, "device", None)
+
+
+class FakeGpuBackend(Backend):
+    name = "fake-gpu"
+    priority = -100
+    auto_select = False  # simulated hardware is only ever chosen by name
+
+    @classmethod
+    def viable(cls) -> Viability:
+        if not os.environ.get(FAKE_GPUS_ENV):
+            return Viability.no(f"simulates GPUs for tests: set {FAKE_GPUS_ENV} to a fake inventory")
+        return Viability.yes()
+
+    def devices(self) -> list[Device]:
+        return list(discover(os.environ).devices)
+
+    def _check(self, device: Device) -> Device:
+        if device.is_gpu:
+            visible = {d.uuid for d in self.devices()}
+            if device.uuid not in visible:
+                raise BackendError(f"{device.label} ({device.uuid}) is not visible in this process")
+        return device
+
+    def native_device(self, device: Device) -> str:
+        return self._check(device).label
+
+    def place(self, obj: Any, device: Device) -> Any:
+        self._check(device)
+        return obj
+
+    def distribute(self, model: Any, devices: Sequence[Device]) -> Any:
+        for device in devices:
+            self._check(device)
+        return model
+
+    @contextlib.contextmanager
+    def device_context(self, device: Device) -> Iterator[None]:
+        previous = current_fake_device()
+        _current.device = self._check(device)
+        try:
+            yield
+        finally:
+            _current.device = previous
+
+    def limit_memory(self, device: Device, fraction: float) -> None:
+        self._check(device)
+        if not 0 < fraction <= 1:
+            raise BackendError(f"memory fraction {fraction!r} is invalid: expected 0 < fraction <= 1")
+
+    def memory(self, device: Device) -> MemoryInfo:
+        return MemoryInfo(used=self._check(device).memory_used, total=device.memory_total)

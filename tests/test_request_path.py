@@ -1,0 +1,118 @@
+"""A real `python -m gpuserve serve` subprocess answered over real HTTP."""
+
+import concurrent.futures
+import time
+
+import pytest
+
+from serving import serve
+
+
+@pytest.fixture(scope="module")
+def basics(tmp_path_factory):
+    with serve("basics:Basics", "--max-body-size", "4096", log_dir=tmp_path_factory.mktemp("logs")) as server:
+        yield server
+
+
+def test_post_runs_the_method_and_returns_its_json(basics):
+    reply = basics.post("echo", {"value": [1, 2.5, "x"], "suffix": "!"})
+    assert reply.status == 200
+    assert reply.body["value"] == [1, 2.5, "x"] and reply.body["suffix"] == "!"
+
+
+def test_model_code_runs_in_an_executor_thread_not_the_event_loop(basics):
+    assert basics.post("echo", {"value": 1}).body["thread"].startswith("gpuserve-")
+
+
+def test_optional_parameter_takes_its_default(basics):
+    assert basics.post("echo", {"value": 1}).body["suffix"] == ""
+
+
+def test_livez_and_readyz(basics):
+    assert basics.get("livez").status == 200
+    ready = basics.get("readyz")
+    assert ready.status == 200 and ready.body["replicas"] == 1
+
+
+def test_malformed_json_is_400(basics):
+    reply = basics.post("echo", b"{not json")
+    assert reply.status == 400 and "malformed JSON" in reply.body["error"]
+
+
+def test_body_that_is_not_an_object_is_400(basics):
+    reply = basics.post("echo", b"[1, 2]")
+    assert reply.status == 400 and "JSON object" in reply.body["error"]
+
+
+def test_missing_parameter_is_400_naming_it(basics):
+    reply = basics.post("echo", {"suffix": "x"})
+    assert reply.status == 400 and "'value'" in reply.body["error"] and "missing" in reply.body["error"]
+
+
+def test_unknown_parameter_is_400_naming_it(basics):
+    reply = basics.post("echo", {"value": 1, "colour": "red"})
+    assert reply.status == 400 and "'colour'" in reply.body["error"]
+
+
+def test_unknown_route_is_404(basics):
+    reply = basics.post("nope", {"value": 1})
+    assert reply.status == 404 and "/nope" in reply.body["error"]
+
+
+def test_wrong_method_on_an_api_is_405(basics):
+    assert basics.get("echo").status == 405
+
+
+def test_body_over_the_limit_is_413(basics):
+    reply = basics.post("echo", {"value": "x" * 5000})
+    assert reply.status == 413 and "4096" in reply.body["error"]
+
+
+def test_user_code_raising_is_500_with_the_type_and_the_server_keeps_serving(basics):
+    reply = basics.post("fail", {"kind": "poison"})
+    assert reply.status == 500
+    assert reply.body["type"] == "ValueError" and "poison" in reply.body["error"]
+    assert basics.post("echo", {"value": "still here"}).status == 200
+
+
+def test_batch_length_mismatch_is_500_naming_api_and_lengths(basics):
+    reply = basics.post("wrong_length", {"n": 1}, headers={})
+    # A batch of one returning one result is fine; force a batch of several.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        basics_busy = pool.submit(basics.post, "sizes", {"n": 0})
+        replies = list(pool.map(lambda i: basics.post("wrong_length", {"n": i}), range(8)))
+        basics_busy.result()
+    assert reply.status == 200
+    bad = [r for r in replies if r.status == 500]
+    assert bad, "expected at least one batch larger than one"
+    message = bad[0].body["error"]
+    assert "'wrong_length'" in message and "returned 1 results for a batch of" in message
+
+
+def test_batches_larger_than_one_form_under_concurrent_load(basics):
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        sizes = list(pool.map(lambda i: basics.post("sizes", {"n": i}).body, range(64)))
+    assert all(isinstance(s, int) and 1 <= s <= 16 for s in sizes)
+    assert max(sizes) > 1, f"no batch larger than one formed: {sizes}"
+    stats = basics.get("stats").body["sizes"]
+    assert sum(int(k) * v for k, v in stats["batch_sizes"].items()) >= 64
+
+
+def test_readyz_is_503_until_every_replica_is_built(tmp_path):
+    with serve("basics:SlowStart", log_dir=tmp_path, wait_ready=False) as server:
+        assert server.get("livez").status == 200
+        early = server.get("readyz")
+        assert early.status == 503 and "still being built" in early.body["error"]
+        assert server.post("ping", {}).status == 503
+        deadline = time.monotonic() + 30
+        while server.get("readyz").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert server.post("ping", {}).body == "pong"
+
+
+def test_a_failing_constructor_stops_the_server_with_its_error(tmp_path):
+    with pytest.raises(RuntimeError) as info:
+        with serve("basics:BrokenInit", log_dir=tmp_path):
+            pass
+    assert "weights file missing" in str(info.value)
