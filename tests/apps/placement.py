@@ -1,0 +1,43 @@
+"""Services that report where gpuserve put them, for placement tests on fake GPUs."""
+
+import os
+
+import gpuserve
+
+
+def where():
+    ctx = gpuserve.context()
+    return {
+        "worker": ctx.worker_index,
+        "device": str(ctx.device),
+        "devices": [str(d) for d in ctx.devices],
+        "uuids": [d.uuid for d in ctx.planned],
+        "memory_limit": ctx.memory_limit,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+    }
+
+
+@gpuserve.service(resources={"gpu": 1}, workers=2, backend="fake-gpu")
+class TwoWorkers:
+    @gpuserve.api
+    def where(self):
+        return where()
+
+
+@gpuserve.service(resources={"gpu": 2}, workers=2, backend="fake-gpu", isolation="process")
+class TwoProcessWorkers:
+    def __init__(self) -> None:
+        # What the seed's code does: address the worker's GPUs as cuda:0 and cuda:1.
+        self.seen_at_init = where()
+
+    @gpuserve.api
+    def where(self):
+        return {**where(), "at_init": self.seen_at_init}
+
+
+@gpuserve.service(resources={"gpu": 0.5}, workers=2, backend="fake-gpu")
+class HalfGpuEach:
+    @gpuserve.api
+    def where(self):
+        return where()
