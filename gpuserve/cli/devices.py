@@ -94,6 +94,8 @@ def _table(inventory: Inventory) -> str:
         for d in inventory.devices
     ]
     widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)
+    ]
     lines.append(f"\nsource: {inventory.source}; CUDA = ordinal in this environment, NVML = NVML index")
     return "\n".join(lines)

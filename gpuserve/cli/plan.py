@@ -21,34 +21,28 @@ def register(subparsers: Any) -> None:
         help="show which devices each worker of a service would get",
         description=(
             "Show the allocation plan of a service under the current environment "
-            "(CUDA_VISIBLE_DEVICES included) without building any replica."
+            "(CUDA_VISIBLE_DEVICES included) without building any replica. Flags also read "
+            "GPUSERVE_WORKERS, GPUSERVE_REQUIRE_GPU and GPUSERVE_CPU_DEVICES, as serve does."
         ),
     )
     parser.add_argument("service", metavar="MODULE:ATTR", help="the service, e.g. app:Classifier")
-    parser.add_argument("--workers", type=_positive_int, help="number of workers (default: the service's)")
+    parser.add_argument("--workers", type=int, help="number of workers (default: the service's workers=)")
     parser.add_argument(
-        "--require-gpu", action="store_true", help="fail instead of falling back to the CPU when no GPU can be used"
+        "--require-gpu",
+        action="store_true",
+        default=None,
+        help="fail instead of falling back to the CPU when no GPU can be used",
     )
-    parser.add_argument(
-        "--cpu-devices", type=_positive_int, metavar="N", help="virtual CPU devices to plan on (default 1)"
-    )
+    parser.add_argument("--cpu-devices", type=int, metavar="N", help="virtual CPU devices to plan on (default 1)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         # The same precedence as `serve`: flags, then GPUSERVE_* variables, then defaults.
-        settings = Settings.from_sources(
-            {"workers": args.workers, "require_gpu": args.require_gpu or None, "cpu_devices": args.cpu_devices},
-            os.environ,
-        )
+        flags = {"workers": args.workers, "require_gpu": args.require_gpu, "cpu_devices": args.cpu_devices}
+        settings = Settings.from_sources(flags, os.environ)
         spec = load_service(args.service)
         result = plan(
             spec.resources,

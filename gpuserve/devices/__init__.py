@@ -2,7 +2,7 @@
 
 from gpuserve.devices.device import Device
 from gpuserve.devices.fake import FAKE_GPUS_ENV, FakeInventoryError, FakeSource
-from gpuserve.devices.inventory import Inventory, discover, source_for
+from gpuserve.devices.inventory import Inventory, discover
 from gpuserve.devices.nvml import NvmlSource
 from gpuserve.devices.source import GpuSource, NvmlGpu, SourceUnavailable
 from gpuserve.devices.visibility import Selection, cuda_units, select_visible
@@ -21,5 +21,4 @@ __all__ = [
     "cuda_units",
     "discover",
     "select_visible",
-    "source_for",
 ]

@@ -148,10 +148,12 @@ class FakeSource:
                 self._check(child, _MIG_FIELDS, f"{where} MIG {child_position}", uuid_prefix="MIG-")
         return entries
 
-    def _check(self, entry: Any, fields: Mapping[str, tuple[type, bool]], where: str, uuid_prefix: str) -> None:
+    def _check(
+        self, entry: Any, fields: Mapping[str, tuple[type, bool]], where: str, uuid_prefix: str
+    ) -> None:
         if not isinstance(entry, dict):
             raise self._error(f"{where} must be a JSON object, not {type(entry).__name__}")
-        valid = ", ".join(f"{name}{'' if required else ' (optional)'}" for name, (_, required) in fields.items())
+        valid = ", ".join(name if required else f"{name} (optional)" for name, (_, required) in fields.items())
         unknown = sorted(set(entry) - set(fields))
         if unknown:
             raise self._error(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; fields: {valid}")

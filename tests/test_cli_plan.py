@@ -1,0 +1,85 @@
+"""`python -m gpuserve plan MODULE:ATTR`, run as a real subprocess on a fake inventory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gpuserve.devices import FAKE_GPUS_ENV
+from gpuserve.testing.fake_inventory import fake_gpu, write_fake_inventory
+
+GiB = 2**30
+GPUS = [fake_gpu(0, memory_gib=80), fake_gpu(1, memory_gib=80)]
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    # Building the service would raise: `plan` must only read its declaration.
+    (tmp_path / "app.py").write_text(textwrap.dedent("""
+        import gpuserve
+
+        @gpuserve.service(resources={"gpu": 0.5}, workers=3)
+        class Halves:
+            def __init__(self):
+                raise RuntimeError("plan must not build a replica")
+
+            @gpuserve.api
+            def ping(self) -> str:
+                return "pong"
+    """))
+    return tmp_path
+
+
+@pytest.fixture
+def fake_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GPUSERVE_"))}
+    env[FAKE_GPUS_ENV] = write_fake_inventory(tmp_path / "gpus.json", GPUS)
+    return env
+
+
+def gpuserve(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpuserve", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_plan_json_packs_fractions_with_memory_caps(app_dir: Path, fake_env: dict[str, str]) -> None:
+    done = gpuserve("plan", "app:Halves", "--json", env=fake_env, cwd=app_dir)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert [[d["uuid"] for d in w["devices"]] for w in data["workers"]] == [
+        [GPUS[0]["uuid"]], [GPUS[0]["uuid"]], [GPUS[1]["uuid"]]]
+    assert [w["memory_limit"] for w in data["workers"]] == [40 * GiB] * 3
+    assert data["fallback_reason"] is None and data["inventory_source"].startswith("fake:")
+
+
+def test_plan_text_honours_workers_flag_and_visibility(app_dir: Path, fake_env: dict[str, str]) -> None:
+    done = gpuserve("plan", "app:Halves", "--workers", "2", env={**fake_env, "CUDA_VISIBLE_DEVICES": "1"},
+                    cwd=app_dir)
+    assert done.returncode == 0, done.stderr
+    assert f"worker 0: cuda:0 NVIDIA H100 80GB HBM3 ({GPUS[1]['uuid']}), memory cap 40.0 GiB" in done.stdout
+    assert f"worker 1: cuda:0 NVIDIA H100 80GB HBM3 ({GPUS[1]['uuid']})" in done.stdout
+    assert "worker 2" not in done.stdout
+
+
+def test_plan_that_cannot_fit_exits_2_with_the_message(app_dir: Path, fake_env: dict[str, str]) -> None:
+    done = gpuserve("plan", "app:Halves", "--workers", "5", env=fake_env, cwd=app_dir)
+    assert done.returncode == 2
+    assert "5 worker(s) x 0.5 GPU" in done.stderr and "workers=4" in done.stderr
+    assert done.stdout == ""
+
+
+def test_plan_falls_back_to_cpu_or_fails_with_require_gpu(app_dir: Path, fake_env: dict[str, str]) -> None:
+    hidden = {**fake_env, "CUDA_VISIBLE_DEVICES": ""}
+    done = gpuserve("plan", "app:Halves", "--json", "--cpu-devices", "2", env=hidden, cwd=app_dir)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert [w["devices"][0]["uuid"] for w in data["workers"]] == ["CPU-0", "CPU-1", "CPU-0"]
+    assert "CUDA_VISIBLE_DEVICES is empty" in data["fallback_reason"]
+    required = gpuserve("plan", "app:Halves", "--require-gpu", env=hidden, cwd=app_dir)
+    assert required.returncode == 2 and "GPUs are required" in required.stderr

@@ -1,0 +1,182 @@
+"""The allocation plan: one test per rule, on fake inventories read through discovery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuserve.devices import FAKE_GPUS_ENV, Inventory, discover
+from gpuserve.errors import PlanError
+from gpuserve.planner import Plan, plan
+from gpuserve.testing.fake_inventory import fake_gpu, write_fake_inventory
+
+GiB = 2**30
+
+
+@pytest.fixture
+def machine(tmp_path: Path):
+    """`machine(gpus, **env)` -> the inventory discovery gives for those GPUs under env."""
+
+    def build(gpus: Sequence[dict[str, Any]], **env: str) -> Inventory:
+        path = write_fake_inventory(tmp_path / "gpus.json", gpus)
+        return discover({FAKE_GPUS_ENV: path, **env})
+
+    return build
+
+
+def four_h100() -> list[dict[str, Any]]:
+    return [fake_gpu(n) for n in range(4)]
+
+
+def ordinals(result: Plan) -> list[list[int]]:
+    return [[d.index for d in worker.devices] for worker in result.workers]
+
+
+def test_gpu_zero_is_a_cpu_plan_round_robin(machine) -> None:
+    result = plan({"gpu": 0}, 3, machine(four_h100()), cpu_devices=2)
+    assert [[d.label for d in w.devices] for w in result.workers] == [["cpu:0"], ["cpu:1"], ["cpu:0"]]
+    assert result.fallback_reason is None
+    assert result.gpu_union() == ()
+
+
+def test_whole_gpus_are_disjoint_across_workers(machine) -> None:
+    result = plan({"gpu": 2}, 2, machine(four_h100()))
+    assert ordinals(result) == [[0, 1], [2, 3]]
+    assert all(w.memory_limit is None and w.memory_fraction is None for w in result.workers)
+
+
+def test_fractional_packing_and_memory_cap(machine) -> None:
+    result = plan({"gpu": 0.5}, 3, machine(four_h100()))
+    assert ordinals(result) == [[0], [0], [1]]
+    for worker in result.workers:
+        assert worker.memory_fraction == 0.5
+        assert worker.memory_limit == 40 * GiB  # half of 80 GiB
+
+
+def test_fractions_never_overcommit_a_device(machine) -> None:
+    one_gpu = machine([fake_gpu(0)])
+    assert ordinals(plan({"gpu": 0.4}, 2, one_gpu)) == [[0], [0]]
+    with pytest.raises(PlanError):
+        plan({"gpu": 0.4}, 3, one_gpu)  # 1.2 of one GPU
+    assert len(plan({"gpu": 0.1}, 10, one_gpu).workers) == 10  # ten shares of 0.1 do fit
+
+
+def test_gpu_type_filter(machine) -> None:
+    inventory = machine([fake_gpu(0, "NVIDIA L40S"), fake_gpu(1, "NVIDIA L4"), fake_gpu(2, "NVIDIA H100 80GB HBM3")])
+    result = plan({"gpu": 1, "gpu_type": "nvidia-l4"}, 1, inventory)
+    assert [d.name for d in result.workers[0].devices] == ["NVIDIA L4"]
+    assert ordinals(plan({"gpu": 1, "gpu_type": "nvidia-h100"}, 1, inventory)) == [[2]]
+
+
+def test_gpu_memory_picks_most_free_first(machine) -> None:
+    inventory = machine([
+        fake_gpu(0, memory_gib=80, used_gib=70),  # 10 GiB free: too little
+        fake_gpu(1, memory_gib=80, used_gib=40),  # 40 GiB free
+        fake_gpu(2, memory_gib=80, used_gib=10),  # 70 GiB free
+    ])
+    result = plan({"gpu": 1, "gpu_memory": "20GiB"}, 2, inventory)
+    assert ordinals(result) == [[2], [1]]
+    with pytest.raises(PlanError):
+        plan({"gpu": 1, "gpu_memory": "20GiB"}, 3, inventory)
+
+
+def test_fraction_cap_must_cover_gpu_memory(machine) -> None:
+    inventory = machine([fake_gpu(0, memory_gib=40, used_gib=0), fake_gpu(1, memory_gib=80, used_gib=0)])
+    # A quarter of 40 GiB is 10 GiB, below the 16 GiB asked for: only the 80 GiB GPU qualifies.
+    result = plan({"gpu": 0.25, "gpu_memory": "16GiB"}, 4, inventory)
+    assert ordinals(result) == [[1]] * 4
+    assert result.workers[0].memory_limit == 20 * GiB
+
+
+def test_devices_outside_inherited_visibility_are_never_used(machine) -> None:
+    inventory = machine(four_h100(), CUDA_VISIBLE_DEVICES="3,1")
+    result = plan({"gpu": 1}, 2, inventory)
+    assert [w.devices[0].uuid for w in result.workers] == [fake_gpu(3)["uuid"], fake_gpu(1)["uuid"]]
+    with pytest.raises(PlanError):
+        plan({"gpu": 1}, 3, inventory)
+
+
+def test_cannot_fit_names_what_was_asked_what_exists_and_what_to_write(machine) -> None:
+    inventory = machine([fake_gpu(0, memory_gib=80, used_gib=8), fake_gpu(1, "NVIDIA L4", memory_gib=24)])
+    with pytest.raises(PlanError) as caught:
+        plan({"gpu": 1, "gpu_type": "nvidia-h100"}, 2, inventory)
+    message = str(caught.value)
+    assert "2 worker(s) x 1 GPU (type nvidia-h100)" in message
+    assert f"cuda:0 NVIDIA H100 80GB HBM3 ({fake_gpu(0)['uuid']}): 72.0 GiB free of 80.0 GiB" in message
+    assert "cuda:1 NVIDIA L4" in message and "[not nvidia-h100]" in message
+    assert "workers=1" in message and "gpu=0.5" in message
+
+
+def test_cannot_fit_memory_says_how_much_is_on_offer(machine) -> None:
+    inventory = machine([fake_gpu(0, memory_gib=80, used_gib=30)])
+    with pytest.raises(PlanError) as caught:
+        plan({"gpu": 1, "gpu_memory": "64GiB"}, 1, inventory)
+    message = str(caught.value)
+    assert "64.0 GiB free each" in message and "[less than 64.0 GiB free]" in message
+    assert "gpu_memory='51200MiB'" in message
+
+
+def test_cpu_fallback_with_reason(machine) -> None:
+    inventory = machine(four_h100(), CUDA_VISIBLE_DEVICES="")
+    result = plan({"gpu": 1}, 2, inventory)
+    assert [[d.label for d in w.devices] for w in result.workers] == [["cpu:0"], ["cpu:0"]]
+    assert "2 worker(s) x 1 GPU" in result.fallback_reason
+    assert "CUDA_VISIBLE_DEVICES is empty" in result.fallback_reason
+
+
+def test_cpu_fallback_when_the_backend_cannot_use_gpus(machine) -> None:
+    result = plan({"gpu": 1}, 1, machine(four_h100()), gpu_capable=False,
+                  gpu_incapable_reason="backend 'cpu' runs on the CPU only")
+    assert result.workers[0].devices[0].kind == "cpu"
+    assert "backend 'cpu' runs on the CPU only" in result.fallback_reason
+
+
+def test_require_gpu_error(machine) -> None:
+    inventory = machine([])
+    with pytest.raises(PlanError, match=r"GPUs are required.*no NVIDIA GPU found"):
+        plan({"gpu": 1}, 1, inventory, require_gpu=True)
+    with pytest.raises(PlanError, match=r"GPUs are required.*runs on the CPU only"):
+        plan({"gpu": 1}, 1, machine(four_h100()), require_gpu=True, gpu_capable=False,
+             gpu_incapable_reason="runs on the CPU only")
+
+
+def test_invalid_worker_count_is_named() -> None:
+    with pytest.raises(PlanError, match=r"workers=0 is invalid"):
+        plan({"gpu": 0}, 0, Inventory())
+
+
+def test_narrowed_renumbers_to_the_union_and_its_visibility_gives_the_same_devices(machine, tmp_path) -> None:
+    gpus = [fake_gpu(0, used_gib=60), fake_gpu(1, used_gib=70), fake_gpu(2, used_gib=1)]
+    inventory = machine(gpus)
+    result = plan({"gpu": 1, "gpu_memory": "10GiB"}, 2, inventory)
+    assert ordinals(result) == [[2], [0]]
+    narrowed, visible = result.narrowed()
+    assert ordinals(narrowed) == [[1], [0]]
+    assert visible == f"{gpus[0]['uuid']},{gpus[2]['uuid']}"
+    # Under that CUDA_VISIBLE_DEVICES, discovery numbers the devices exactly as the narrowed plan says.
+    seen = machine(gpus, CUDA_VISIBLE_DEVICES=visible).devices
+    for worker in narrowed.workers:
+        for device in worker.devices:
+            assert seen[device.index].uuid == device.uuid
+
+
+def test_describe_and_to_json(machine) -> None:
+    inventory = machine([fake_gpu(0)])
+    result = plan({"gpu": 0.5}, 2, inventory)
+    uuid = fake_gpu(0)["uuid"]
+    assert result.describe() == [
+        f"worker 0: cuda:0 NVIDIA H100 80GB HBM3 ({uuid}), memory cap 40.0 GiB",
+        f"worker 1: cuda:0 NVIDIA H100 80GB HBM3 ({uuid}), memory cap 40.0 GiB",
+    ]
+    data = result.to_json()
+    assert data["fallback_reason"] is None
+    assert data["inventory_source"] == inventory.source
+    assert data["workers"][1] == {
+        "index": 1,
+        "devices": [{"index": 0, "uuid": uuid, "name": "NVIDIA H100 80GB HBM3", "kind": "cuda"}],
+        "memory_limit": 40 * GiB,
+        "memory_fraction": 0.5,
+    }
