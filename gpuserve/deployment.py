@@ -53,6 +53,25 @@ def service_ref_of(spec: ServiceSpec) -> str:
     return f"{spec.cls.__module__}:{spec.cls.__qualname__}"
 
 
+def plan_service(
+    spec: ServiceSpec, settings: Settings, environ: Mapping[str, str]
+) -> tuple[BackendEntry, Backend, Plan]:
+    """The backend `serve` would use and the plan it would follow (`gpuserve plan` shows it)."""
+    entry = default_registry().choose(settings.backend, spec.backend)
+    assert entry.cls is not None
+    backend = entry.cls()
+    the_plan = plan(
+        spec.resources,
+        settings.workers or spec.workers,
+        discover(environ),
+        require_gpu=settings.require_gpu,
+        cpu_devices=settings.cpu_devices,
+        gpu_capable=backend.uses_gpus,
+        gpu_incapable_reason=f"backend {entry.name!r} runs on the CPU only",
+    )
+    return entry, backend, the_plan
+
+
 def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, str]) -> Deployment:
     """Choose the backend, plan the devices and narrow this process's visibility.
 
@@ -61,19 +80,7 @@ def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, 
     initialises, so `cuda:0..k-1` are exactly the planned GPUs. In process
     isolation each child gets its own narrowed environment instead.
     """
-    entry = default_registry().choose(settings.backend, spec.backend)
-    assert entry.cls is not None
-    backend = entry.cls()
-    inventory = discover(environ)
-    the_plan = plan(
-        spec.resources,
-        settings.workers or spec.workers,
-        inventory,
-        require_gpu=settings.require_gpu,
-        cpu_devices=settings.cpu_devices,
-        gpu_capable=backend.uses_gpus,
-        gpu_incapable_reason=f"backend {entry.name!r} runs on the CPU only",
-    )
+    entry, backend, the_plan = plan_service(spec, settings, environ)
     if the_plan.fallback_reason:
         log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
     isolation = settings.isolation or spec.isolation

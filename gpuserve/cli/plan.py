@@ -8,10 +8,9 @@ import os
 import sys
 from typing import Any
 
-from gpuserve.devices import discover
+from gpuserve.deployment import plan_service
 from gpuserve.errors import GpuserveError
 from gpuserve.loader import load_service
-from gpuserve.planner import plan
 from gpuserve.settings import Settings
 
 
@@ -22,10 +21,11 @@ def register(subparsers: Any) -> None:
         description=(
             "Show the allocation plan of a service under the current environment "
             "(CUDA_VISIBLE_DEVICES included) without building any replica. Flags also read "
-            "GPUSERVE_WORKERS, GPUSERVE_REQUIRE_GPU and GPUSERVE_CPU_DEVICES, as serve does."
+            "GPUSERVE_BACKEND, GPUSERVE_WORKERS, GPUSERVE_REQUIRE_GPU and GPUSERVE_CPU_DEVICES, as serve does."
         ),
     )
     parser.add_argument("service", metavar="MODULE:ATTR", help="the service, e.g. app:Classifier")
+    parser.add_argument("--backend", help="backend to plan for (default: the one serve would choose)")
     parser.add_argument("--workers", type=int, help="number of workers (default: the service's workers=)")
     parser.add_argument(
         "--require-gpu",
@@ -41,16 +41,15 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         # The same precedence as `serve`: flags, then GPUSERVE_* variables, then defaults.
-        flags = {"workers": args.workers, "require_gpu": args.require_gpu, "cpu_devices": args.cpu_devices}
+        flags = {
+            "backend": args.backend,
+            "workers": args.workers,
+            "require_gpu": args.require_gpu,
+            "cpu_devices": args.cpu_devices,
+        }
         settings = Settings.from_sources(flags, os.environ)
         spec = load_service(args.service)
-        result = plan(
-            spec.resources,
-            settings.workers or spec.workers,
-            discover(os.environ),
-            require_gpu=settings.require_gpu,
-            cpu_devices=settings.cpu_devices,
-        )
+        entry, _, result = plan_service(spec, settings, os.environ)
     except GpuserveError as exc:
         print(f"gpuserve plan: {exc}", file=sys.stderr)
         return 2
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result.fallback_reason:
         print(f"warning: {result.fallback_reason}", file=sys.stderr)
-    print(f"plan for {spec.name} ({result.inventory_source}):")
+    print(f"plan for {spec.name} with backend {entry.name} ({result.inventory_source}):")
     for line in result.describe():
         print(f"  {line}")
     return 0
