@@ -24,7 +24,7 @@ def app_dir(tmp_path: Path) -> Path:
     (tmp_path / "app.py").write_text(textwrap.dedent("""
         import gpuserve
 
-        @gpuserve.service(resources={"gpu": 0.5}, workers=3)
+        @gpuserve.service(resources={"gpu": 0.5}, workers=3, backend="fake-gpu")
         class Halves:
             def __init__(self):
                 raise RuntimeError("plan must not build a replica")
@@ -83,3 +83,11 @@ def test_plan_falls_back_to_cpu_or_fails_with_require_gpu(app_dir: Path, fake_en
     assert "CUDA_VISIBLE_DEVICES is empty" in data["fallback_reason"]
     required = gpuserve("plan", "app:Halves", "--require-gpu", env=hidden, cwd=app_dir)
     assert required.returncode == 2 and "GPUs are required" in required.stderr
+
+
+def test_plan_follows_the_backend_serve_would_use(app_dir: Path, fake_env: dict[str, str]) -> None:
+    done = gpuserve("plan", "app:Halves", "--backend", "cpu", "--json", env=fake_env, cwd=app_dir)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert all(d["kind"] == "cpu" for w in plan["workers"] for d in w["devices"])
+    assert "backend 'cpu' runs on the CPU only" in plan["fallback_reason"]
