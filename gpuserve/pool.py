@@ -1,7 +1,8 @@
 """The per-device executor pool: idle executors wait here to be handed work.
 
 Executors are pulled by the batcher only when free, so a batch never waits
-on a busy device while another is idle.
+on a busy device while another is idle. An executor that is lost (its process
+died) is replaced in the background while the others keep serving.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class DevicePool:
             raise ValueError("a pool needs at least one executor")
         self.executors = executors
         self._idle: asyncio.Queue[Executor] = asyncio.Queue()
+        self._replacing: set[asyncio.Task[None]] = set()  # strong references while they run
         self.ready = False
         self.restarts = 0
 
@@ -48,13 +50,25 @@ class DevicePool:
         self.ready = True
 
     async def acquire(self) -> Executor:
-        return await self._idle.get()
+        """The next free executor; one found dead while idle is replaced, not handed out."""
+        while True:
+            executor = await self._idle.get()
+            if executor.alive:
+                return executor
+            log.error("executor %s died while idle", executor.key)
+            self.replace(executor)
 
     def release(self, executor: Executor) -> None:
         self._idle.put_nowait(executor)
 
-    async def restart(self, executor: Executor) -> None:
-        """Replace a lost executor, then put it back to work; retry until it builds."""
+    def replace(self, executor: Executor) -> None:
+        """Restart a lost executor in the background; it rejoins the idle ones when built."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._restart(executor), name=f"gpuserve-restart-{executor.key}")
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _restart(self, executor: Executor) -> None:
         self.restarts += 1
         delay = 0.1
         while True:
@@ -71,6 +85,9 @@ class DevicePool:
 
     async def stop(self) -> None:
         self.ready = False
+        for task in list(self._replacing):
+            task.cancel()
+        await asyncio.gather(*self._replacing, return_exceptions=True)
         async with anyio.create_task_group() as tg:
             for executor in self.executors:
                 tg.start_soon(executor.stop)

@@ -1,8 +1,10 @@
 """Serving signals, kept in one place for a metrics exporter to read.
 
-Queue depth, in-flight items per device, batch sizes, time in queue,
-execution time and refusals by reason, per API. Plain counters: updating
-them costs a few dictionary operations on the event loop.
+Per API: queue depth, items in flight per device, batch sizes, the batch
+ceiling per device (lowered after out-of-memory errors), time in queue,
+execution time per device, refusals by reason (the request never ran) and
+outcomes of the items that did run. Plain counters: updating them costs a
+few dictionary operations on the event loop.
 """
 
 from __future__ import annotations
@@ -14,29 +16,41 @@ import attrs
 
 @attrs.define
 class Summary:
-    """Count and sum of an observed quantity (seconds, items)."""
+    """Count, sum and maximum of an observed quantity (seconds)."""
 
     count: int = 0
     total: float = 0.0
+    max: float = 0.0
 
-    def add(self, value: float, times: int = 1) -> None:
-        self.count += times
-        self.total += value * times
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        if value > self.max:
+            self.max = value
 
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
 
+    def snapshot(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "max": self.max}
+
 
 @attrs.define
 class ApiStats:
-    queue_depth: int = 0
+    queue_depth: int = 0  # live requests waiting (not yet taken into a batch)
+    queue_limit: int = 0
     in_flight: Counter[str] = attrs.Factory(Counter)  # executor key -> items running
     batch_sizes: Counter[int] = attrs.Factory(Counter)
+    batch_ceiling: dict[str, int] = attrs.Factory(dict)  # executor key -> cap after out-of-memory
     queue_time: Summary = attrs.Factory(Summary)
-    exec_time: dict[str, Summary] = attrs.Factory(lambda: defaultdict(Summary))  # per executor key
-    refusals: Counter[str] = attrs.Factory(Counter)  # reason -> count
-    completed: Counter[str] = attrs.Factory(Counter)  # "ok" / "error" -> count
+    exec_time: defaultdict[str, Summary] = attrs.Factory(lambda: defaultdict(Summary))  # per executor key
+    # Why requests were answered without running: queue_full, latency, deadline,
+    # cancelled (the client left), shutting_down.
+    refusals: Counter[str] = attrs.Factory(Counter)
+    # What became of items that were taken into a batch: ok, error (500),
+    # executor_lost (503), deadline (504 while running), cancelled (client left while running).
+    outcomes: Counter[str] = attrs.Factory(Counter)
 
 
 class Stats:
@@ -51,12 +65,14 @@ class Stats:
         return {
             name: {
                 "queue_depth": s.queue_depth,
+                "queue_limit": s.queue_limit,
                 "in_flight": dict(s.in_flight),
                 "batch_sizes": {str(k): v for k, v in sorted(s.batch_sizes.items())},
-                "queue_time_mean_s": s.queue_time.mean,
-                "exec_time_mean_s": {k: v.mean for k, v in s.exec_time.items()},
+                "batch_ceiling": dict(s.batch_ceiling),
+                "queue_time_s": s.queue_time.snapshot(),
+                "exec_time_s": {k: v.snapshot() for k, v in s.exec_time.items()},
                 "refusals": dict(s.refusals),
-                "completed": dict(s.completed),
+                "outcomes": dict(s.outcomes),
             }
             for name, s in self.apis.items()
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,13 +50,18 @@ class Placement:
 class Executor(abc.ABC):
     placement: Placement
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        return self.placement.key
+        return self.placement.key  # read per batch: built once
 
     @abc.abstractmethod
     async def start(self) -> None:
         """Build the replica; raises if the user's constructor fails."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the executor is known to be lost (cheap: the pool asks before each batch)."""
+        return True
 
     @abc.abstractmethod
     async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:

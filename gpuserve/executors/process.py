@@ -8,7 +8,6 @@ numbers them from 0: `cuda:0` there is this worker's first GPU.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -105,20 +104,28 @@ class ProcessExecutor(Executor):
             wire.send(self._conn, message)
             return wire.recv(self._conn)
         except (EOFError, OSError) as exc:
-            code = self._proc.poll() if self._proc else None
-            self._kill()
-            raise ExecutorDied(f"worker process {self.key} died (exit code {code})") from exc
+            code = self._kill(grace_s=1.0)
+            raise ExecutorDied(f"worker process {self.key} (pid {self.pid}) died (exit code {code})") from exc
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
         return await asyncio.wrap_future(self._io.submit(self._exchange, (api_name, list(items))))
 
-    def _kill(self) -> None:
+    def _kill(self, grace_s: float = 0.0) -> int | None:
+        """Close the channel and make sure the child is gone; its exit code."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout=grace_s)  # a child that is dying gets to say why
+        except subprocess.TimeoutExpired:
             self._proc.kill()
-            self._proc.wait()
+            return self._proc.wait()
 
     def _shutdown(self) -> None:
         if self._conn is not None:
@@ -133,7 +140,3 @@ class ProcessExecutor(Executor):
 
     async def stop(self) -> None:
         await asyncio.wrap_future(self._io.submit(self._shutdown))
-
-    async def close(self) -> None:
-        await self.stop()
-        self._io.shutdown(wait=False)

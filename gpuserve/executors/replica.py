@@ -37,7 +37,8 @@ class Failure:
 class BatchResult:
     outcomes: list[Any]  # a value or a Failure per item, in order
     exec_s: float  # time spent in the user's method(s)
-    oom_ceiling: int | None = None  # a batch size that ran out of memory: stay below it
+    # Set after an out-of-memory error: the largest batch size that still ran, to stay at or below.
+    oom_ceiling: int | None = None
 
 
 class BatchShapeError(Exception):
@@ -74,10 +75,10 @@ class Replica:
     def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
         api = self.spec.apis[api_name]
         outcomes: list[Any] = [None] * len(items)
-        state = {"exec_s": 0.0, "oom": None}
+        state: dict[str, Any] = {"exec_s": 0.0, "oom": None, "ran": []}
         with self._current_device():
             self._run_range(api, items, 0, len(items), outcomes, state)
-        return BatchResult(outcomes, state["exec_s"], state["oom"])
+        return BatchResult(outcomes, state["exec_s"], _ceiling(state["oom"], state["ran"]))
 
     def _call(self, api: ApiSpec, items: Sequence[dict[str, Any]]) -> list[Any]:
         method = getattr(self.instance, api.method_name)
@@ -104,6 +105,7 @@ class Replica:
         start = time.perf_counter()
         try:
             outcomes[lo:hi] = self._call(api, items[lo:hi])
+            state["ran"].append(hi - lo)
             return
         except BatchShapeError as exc:  # a contract error: splitting would only hide it
             outcomes[lo:hi] = [Failure.of(exc)] * (hi - lo)
@@ -120,3 +122,10 @@ class Replica:
         mid = (lo + hi) // 2
         self._run_range(api, items, lo, mid, outcomes, state)
         self._run_range(api, items, mid, hi, outcomes, state)
+
+
+def _ceiling(oom: int | None, ran: list[int]) -> int | None:
+    """After an out-of-memory error at batch size `oom`: the largest smaller size that ran."""
+    if oom is None:
+        return None
+    return max((size for size in ran if size < oom), default=max(1, oom // 2))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from gpuserve.batching import DeadlineExceeded, ItemFailed, Refused
+from gpuserve.batching import ItemFailed, Refused
 from gpuserve.codecs import BadRequest, decode_arguments, encode
 from gpuserve.service import ApiSpec
 
@@ -27,11 +26,6 @@ def json_error(status: int, message: str, *, retry_after: float | None = None, *
         content_type="application/json",
         headers=headers,
     )
-
-
-def _expire(future: asyncio.Future[Any], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceeded(f"no answer within the {timeout:g} s deadline"))
 
 
 def _timeout(request: web.Request, default: float) -> float:
@@ -66,15 +60,15 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
         try:
             kwargs = decode_arguments(api, body)
             timeout = _timeout(request, default_timeout)
-            future = batcher.submit(name, kwargs)
+            # The batcher keeps the deadline on the event loop, apart from the
+            # executor: a stuck device cannot make a request late.
+            future = batcher.submit(name, kwargs, timeout)
         except BadRequest as exc:
             return json_error(400, str(exc))
         except Refused as exc:
             return json_error(exc.status, str(exc), retry_after=exc.retry_after, reason=exc.reason)
-        # The deadline timer lives on the event loop, apart from the executor: a
-        # stuck device cannot make a request late. A client that disconnects
-        # cancels this handler and so `future`: the batcher then skips it.
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, future, timeout)
+        # A client that disconnects cancels this handler and so `future`: the
+        # batcher then drops the item if it has not started.
         try:
             result = await future
         except ItemFailed as exc:
@@ -82,8 +76,6 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
         except Refused as exc:
             retry = exc.retry_after if exc.status == 503 else None
             return json_error(exc.status, str(exc), retry_after=retry, reason=exc.reason)
-        finally:
-            timer.cancel()
         try:
             payload = encode(result)
         except TypeError as exc:

@@ -1,0 +1,86 @@
+"""The test side of `batching_apps`: gates that hold executors, the journal, `/stats`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import itertools
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import attrs
+
+from serving import Reply, Server
+
+_gate_names = itertools.count()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
+        time.sleep(0.01)
+
+
+def stats(server: Server, api: str) -> dict:
+    return server.get("stats").body[api]
+
+
+def journal(directory: Path, api: str, prefix: str = "") -> list[dict]:
+    """The calls the model saw for `api` with at least one item starting with `prefix`."""
+    path = directory / "journal.jsonl"
+    if not path.exists():
+        return []
+    calls = [json.loads(line) for line in path.read_text().splitlines()]
+    return [c for c in calls if c["api"] == api and any(i.startswith(prefix) for i in c["items"])]
+
+
+def seen(directory: Path, api: str, prefix: str = "") -> set[str]:
+    return {i for call in journal(directory, api, prefix) for i in call["items"] if i.startswith(prefix)}
+
+
+@attrs.define
+class Gate:
+    """`count` executors held by `hold` calls until `open()`."""
+
+    directory: Path
+    name: str
+    holds: list[concurrent.futures.Future[Reply]]
+
+    def open(self) -> None:
+        (self.directory / self.name).touch()
+
+    def replies(self, timeout: float = 30) -> list[Reply]:
+        return [f.result(timeout=timeout) for f in self.holds]
+
+
+@contextlib.contextmanager
+def held(server: Server, directory: Path, count: int = 1) -> Iterator[Gate]:
+    """Hold `count` executors busy (the gate opens on exit, whatever happens)."""
+    name = f"gate-{next(_gate_names)}-{time.monotonic_ns()}"
+    pool = concurrent.futures.ThreadPoolExecutor(count)
+    gate = Gate(directory, name, [pool.submit(server.post, "hold", {"gate": name}) for _ in range(count)])
+    try:
+        wait_until(lambda: sum(stats(server, "hold")["in_flight"].values()) == count,
+                   f"{count} executor(s) hold gate {name}")
+        yield gate
+    finally:
+        gate.open()
+        pool.shutdown(wait=True)
+
+
+def post_and_leave(server: Server, api: str, body: dict, queued: Callable[[], bool]) -> None:
+    """Send a request, wait until `queued()` says the server holds it, then hang up."""
+    url = urlsplit(server.url)
+    data = json.dumps(body).encode()
+    with socket.create_connection((url.hostname, url.port)) as conn:
+        conn.sendall(
+            f"POST /{api} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        )
+        wait_until(queued, f"the request to {api} is queued")
