@@ -34,11 +34,25 @@ class Deployment:
     base_env: Mapping[str, str]
 
     def placements(self) -> list[Placement]:
-        return [
-            Placement(worker.index, instance, worker.devices, worker.memory_limit)
-            for worker in self.plan.workers
-            for instance in range(self.settings.instances_per_device)
-        ]
+        instances = self.settings.instances_per_device
+        # Frameworks cap GPU memory per process. Thread replicas share the server
+        # process, so its cap on a device is the sum of its workers' shares; a
+        # worker's instances split that worker's share.
+        shared: dict[str, float] = {}
+        for worker in self.plan.workers:
+            if worker.memory_fraction is not None:
+                uuid = worker.devices[0].uuid
+                shared[uuid] = min(shared.get(uuid, 0.0) + worker.memory_fraction, 1.0)
+        placements = []
+        for worker in self.plan.workers:
+            fraction = worker.memory_fraction
+            if fraction is not None:
+                fraction = shared[worker.devices[0].uuid] if self.isolation == "thread" else fraction / instances
+            placements += [
+                Placement(worker.index, instance, worker.devices, worker.memory_limit, fraction)
+                for instance in range(instances)
+            ]
+        return placements
 
     def executors(self) -> list[Executor]:
         if self.isolation == "process":

@@ -27,7 +27,8 @@ class Placement:
     worker_index: int
     instance: int
     devices: tuple[Device, ...]
-    memory_limit: int | None = None
+    memory_limit: int | None = None  # this replica's planned cap, as gpuserve.context() reports it
+    process_memory_fraction: float | None = None  # the cap its process applies (framework caps are per process)
 
     @property
     def key(self) -> str:

@@ -33,7 +33,7 @@ def serve(fd: int) -> None:
         backend = backend_cls()
         placement: Placement = build["placement"]
         backend.limit_visibility(placement.devices)
-        replica = Replica(spec, placement.context(backend))
+        replica = Replica(spec, placement.context(backend), placement.process_memory_fraction)
         replica.build()
     except Exception as exc:
         wire.send(conn, ("error", Failure.of(exc)))

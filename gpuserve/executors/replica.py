@@ -46,9 +46,12 @@ class BatchShapeError(Exception):
 
 
 class Replica:
-    def __init__(self, spec: ServiceSpec, ctx: ReplicaContext) -> None:
+    def __init__(self, spec: ServiceSpec, ctx: ReplicaContext, process_memory_fraction: float | None = None) -> None:
         self.spec = spec
         self.ctx = ctx
+        # Frameworks cap memory per process, not per replica: the deployment
+        # passes this process's whole share of the device.
+        self.process_memory_fraction = process_memory_fraction
         self.instance: Any = None
         self._defaults: dict[str, dict[str, Any]] = {}
 
@@ -63,9 +66,8 @@ class Replica:
     def build(self) -> None:
         """Construct the user's class with this replica's device current."""
         bind(self.ctx)
-        if self.ctx.memory_limit is not None:
-            device = self.ctx.planned[0]
-            self.backend.limit_memory(device, self.ctx.memory_limit / device.memory_total)
+        if self.process_memory_fraction is not None:
+            self.backend.limit_memory(self.ctx.planned[0], self.process_memory_fraction)
         with self._current_device():
             self.instance = self.spec.cls()
         for api in self.spec.apis.values():

@@ -16,7 +16,7 @@ from gpuserve.service import ServiceSpec
 class ThreadExecutor(Executor):
     def __init__(self, spec: ServiceSpec, backend: Backend, placement: Placement) -> None:
         self.placement = placement
-        self._replica = Replica(spec, placement.context(backend))
+        self._replica = Replica(spec, placement.context(backend), placement.process_memory_fraction)
         self._thread: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:

@@ -19,6 +19,12 @@ from gpuserve.devices import FAKE_GPUS_ENV, Device, discover
 from gpuserve.errors import BackendError
 
 _current = threading.local()
+_memory_caps: dict[str, float] = {}  # uuid -> fraction, as a framework's per-process cap
+
+
+def applied_memory_caps() -> dict[str, float]:
+    """The memory caps `limit_memory` applied in this process, by device UUID."""
+    return dict(_memory_caps)
 
 
 def current_fake_device() -> Device | None:
@@ -72,6 +78,7 @@ class FakeGpuBackend(Backend):
         self._check(device)
         if not 0 < fraction <= 1:
             raise BackendError(f"memory fraction {fraction!r} is invalid: expected 0 < fraction <= 1")
+        _memory_caps[device.uuid] = fraction
 
     def memory(self, device: Device) -> MemoryInfo:
         return MemoryInfo(used=self._check(device).memory_used, total=device.memory_total)

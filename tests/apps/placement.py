@@ -3,6 +3,7 @@
 import os
 
 import gpuserve
+from gpuserve.testing.fake_backend import applied_memory_caps
 
 
 def where():
@@ -13,6 +14,7 @@ def where():
         "devices": [str(d) for d in ctx.devices],
         "uuids": [d.uuid for d in ctx.planned],
         "memory_limit": ctx.memory_limit,
+        "process_memory_caps": applied_memory_caps(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "pid": os.getpid(),
     }
@@ -38,6 +40,13 @@ class TwoProcessWorkers:
 
 @gpuserve.service(resources={"gpu": 0.5}, workers=2, backend="fake-gpu")
 class HalfGpuEach:
+    @gpuserve.api
+    def where(self):
+        return where()
+
+
+@gpuserve.service(resources={"gpu": 0.5}, workers=2, backend="fake-gpu", isolation="process")
+class HalfGpuEachInItsOwnProcess:
     @gpuserve.api
     def where(self):
         return where()
