@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gpuserve.batching import Batcher
 from gpuserve.deployment import Deployment
+from gpuserve.metrics import add_metrics_route
 from gpuserve.pool import DevicePool
 from gpuserve.protocols.native import add_fallback_route, add_native_routes
 
@@ -89,6 +90,7 @@ def create_app(deployment: Deployment, on_failure: Callable[[str], None] | None 
     app[STATE] = ServerState(deployment, pool, batcher, on_failure=on_failure)
     app.cleanup_ctx.append(_lifecycle)
     add_native_routes(app, app[STATE])
+    add_metrics_route(app, app[STATE])
     _load_plugins(app)
     add_fallback_route(app, app[STATE])
     return app

@@ -2,7 +2,7 @@
 
 from gpuserve.devices.device import Device
 from gpuserve.devices.fake import FAKE_GPUS_ENV, FakeInventoryError, FakeSource
-from gpuserve.devices.inventory import Inventory, discover
+from gpuserve.devices.inventory import Inventory, discover, source_for
 from gpuserve.devices.nvml import NvmlSource
 from gpuserve.devices.source import GpuSource, NvmlGpu, SourceUnavailable
 from gpuserve.devices.visibility import Selection, cuda_units, select_visible
@@ -20,5 +20,6 @@ __all__ = [
     "SourceUnavailable",
     "cuda_units",
     "discover",
+    "source_for",
     "select_visible",
 ]

@@ -29,7 +29,7 @@ class Inventory:
     source: str = "nvml"  # "nvml" or "fake:<path>"
 
 
-def _source_for(env: Mapping[str, str]) -> GpuSource:
+def source_for(env: Mapping[str, str]) -> GpuSource:
     path = env.get(FAKE_GPUS_ENV)
     return FakeSource(path) if path else NvmlSource()
 
@@ -40,7 +40,7 @@ def discover(env: Mapping[str, str]) -> Inventory:
     No driver or no GPU gives an empty inventory with the reason. A fake file
     that cannot be used raises `FakeInventoryError`.
     """
-    source = _source_for(env)
+    source = source_for(env)
     try:
         gpus = source.read()
     except SourceUnavailable as exc:

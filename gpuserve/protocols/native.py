@@ -112,7 +112,7 @@ def add_fallback_route(app: web.Application, state: "ServerState") -> None:
     async def fallback(request: web.Request) -> web.Response:
         if request.path in api_paths:
             return json_error(405, f"{request.method} {request.path}: use POST", allowed=["POST"])
-        routes = sorted(api_paths | {"/livez", "/readyz", "/stats"})
+        routes = sorted(api_paths | {"/livez", "/readyz", "/stats", "/metrics"})
         return json_error(404, f"no route {request.method} {request.path}; routes: {routes}")
 
     app.router.add_route("*", "/{tail:.*}", fallback)

@@ -1,0 +1,135 @@
+"""Prometheus metrics at `GET /metrics`: serving signals and the planned GPUs' gauges.
+
+Everything is read at scrape time, from `Stats` and from NVML (or the fake
+inventory), so serving a request costs nothing extra. Needs the optional
+`prometheus-client` (`pip install gpuserve[metrics]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gpuserve.devices import SourceUnavailable, source_for
+from gpuserve.stats import Stats
+
+if TYPE_CHECKING:
+    from gpuserve.server import ServerState
+
+log = logging.getLogger(__name__)
+
+
+def _batch_buckets(sizes: Mapping[int, int]) -> list[tuple[str, int]]:
+    """Cumulative counts for power-of-two bucket bounds, as a Prometheus histogram wants."""
+    bounds, bound = [], 1
+    largest = max(sizes, default=1)
+    while bound < largest:
+        bounds.append(bound)
+        bound *= 2
+    bounds.append(bound)
+    return [(str(b), sum(n for size, n in sizes.items() if size <= b)) for b in bounds] + [
+        ("+Inf", sum(sizes.values()))
+    ]
+
+
+class ServingCollector:
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        depth = GaugeMetricFamily("gpuserve_queue_depth", "Requests waiting to be batched", labels=["api"])
+        in_flight = GaugeMetricFamily(
+            "gpuserve_in_flight_items", "Items running on an executor", labels=["api", "executor"]
+        )
+        batches = HistogramMetricFamily("gpuserve_batch_size", "Items per batch", labels=["api"])
+        queue_time = CounterMetricFamily(
+            "gpuserve_queue_time_seconds", "Time items waited before running (sum)", labels=["api"]
+        )
+        queued = CounterMetricFamily("gpuserve_queued_items", "Items taken from the queue", labels=["api"])
+        exec_time = CounterMetricFamily(
+            "gpuserve_exec_time_seconds", "Time spent in the model (sum)", labels=["api", "executor"]
+        )
+        refusals = CounterMetricFamily(
+            "gpuserve_refusals", "Requests answered without running, by reason", labels=["api", "reason"]
+        )
+        outcomes = CounterMetricFamily(
+            "gpuserve_outcomes", "Items that ran, by outcome", labels=["api", "outcome"]
+        )
+        for api, s in self._stats.apis.items():
+            depth.add_metric([api], s.queue_depth)
+            for key, n in s.in_flight.items():
+                in_flight.add_metric([api, key], n)
+            total = sum(size * n for size, n in s.batch_sizes.items())
+            batches.add_metric([api], _batch_buckets(s.batch_sizes), total)
+            queue_time.add_metric([api], s.queue_time.total)
+            queued.add_metric([api], s.queue_time.count)
+            for key, summary in s.exec_time.items():
+                exec_time.add_metric([api, key], summary.total)
+            for reason, n in s.refusals.items():
+                refusals.add_metric([api, reason], n)
+            for outcome, n in s.outcomes.items():
+                outcomes.add_metric([api, outcome], n)
+        yield from (depth, in_flight, batches, queue_time, queued, exec_time, refusals, outcomes)
+
+
+class GpuCollector:
+    """Memory and utilisation of the planned GPUs, by UUID."""
+
+    def __init__(self, uuids: list[str], environ: Mapping[str, str]) -> None:
+        self._uuids = set(uuids)
+        self._source = source_for(environ)
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["uuid", "name"]
+        used = GaugeMetricFamily("gpuserve_gpu_memory_used_bytes", "GPU memory in use", labels=labels)
+        total = GaugeMetricFamily("gpuserve_gpu_memory_total_bytes", "GPU memory in all", labels=labels)
+        busy = GaugeMetricFamily("gpuserve_gpu_utilization_percent", "GPU utilisation", labels=labels)
+        try:
+            gpus = self._source.read()
+        except SourceUnavailable as exc:
+            log.debug("no GPU gauges: %s", exc.reason)
+            gpus = []
+        for gpu in (unit for g in gpus for unit in (g, *g.mig)):
+            if gpu.uuid not in self._uuids:
+                continue
+            used.add_metric([gpu.uuid, gpu.name], gpu.memory_used)
+            total.add_metric([gpu.uuid, gpu.name], gpu.memory_total)
+            if gpu.utilization is not None:
+                busy.add_metric([gpu.uuid, gpu.name], gpu.utilization)
+        yield from (used, total, busy)
+
+
+def add_metrics_route(app: web.Application, state: "ServerState") -> None:
+    """`GET /metrics` in the Prometheus text format; a 501 naming the extra if it is missing."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    except ImportError:
+        async def missing(_: web.Request) -> web.Response:
+            return web.json_response(
+                {"error": "metrics need prometheus-client: pip install gpuserve[metrics]"}, status=501
+            )
+
+        app.router.add_get("/metrics", missing)
+        return
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServingCollector(state.batcher.stats))
+    planned = [d.uuid for d in state.deployment.plan.gpu_union()]
+    if planned:
+        registry.register(GpuCollector(planned, state.deployment.base_env))
+
+    async def metrics(_: web.Request) -> web.Response:
+        # NVML reads are quick but blocking: keep them off the event loop.
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", metrics)
