@@ -12,6 +12,7 @@ work silently on a device other than the one it was given.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -43,18 +44,34 @@ class MemoryInfo:
     total: int
 
 
+def host_memory() -> MemoryInfo:
+    """This process's resident memory against the machine's RAM."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = page * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[1]) * page
+    except OSError:
+        import resource
+
+        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return MemoryInfo(used=used, total=total)
+
+
 class Backend:
     """Base class of backends. Override what your framework can do.
 
     Class attributes:
       `name`       the entry-point name users pass to `--backend`;
       `priority`   higher wins when several viable backends are installed;
-      `uses_gpus`  False for a backend that only ever runs on the CPU.
+      `uses_gpus`  False for a backend that only ever runs on the CPU;
+      `auto_select` False for a backend used only when named (`--backend`).
     """
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 0
     uses_gpus: ClassVar[bool] = True
+    auto_select: ClassVar[bool] = True
 
     @classmethod
     def viable(cls) -> Viability:

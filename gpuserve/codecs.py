@@ -16,26 +16,41 @@ class BadRequest(GpuserveError):
     """The request cannot be turned into an API call (HTTP 400)."""
 
 
-def decode_arguments(api: ApiSpec, body: bytes) -> dict[str, Any]:
-    """Parse a JSON object and check its keys against the API's parameters."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise BadRequest(
-            f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, "
-            f"got {type(payload).__name__}"
-        )
-    unknown = payload.keys() - set(api.params)
-    if unknown:
-        raise BadRequest(
-            f"unknown parameter(s) {sorted(unknown)} for {api.name!r}; it takes {list(api.params)}"
-        )
-    missing = api.required - payload.keys()
-    if missing:
-        raise BadRequest(f"missing parameter(s) {sorted(missing)} for {api.name!r}")
-    return payload
+class ArgumentDecoder:
+    """Request bodies of one API to its keyword arguments.
+
+    Built once per route: the key sets are ready, so a well-formed body costs
+    one `orjson.loads` and two set comparisons.
+    """
+
+    __slots__ = ("api", "_params")
+
+    def __init__(self, api: ApiSpec) -> None:
+        self.api = api
+        self._params = frozenset(api.params)
+
+    def __call__(self, body: bytes) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"malformed JSON: {exc}") from None
+        if type(payload) is dict:
+            keys = payload.keys()
+            if keys <= self._params and self.api.required <= keys:
+                return payload
+        raise self._rejection(payload)
+
+    def _rejection(self, payload: Any) -> BadRequest:
+        api = self.api
+        if not isinstance(payload, dict):
+            return BadRequest(
+                f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, "
+                f"got {type(payload).__name__}"
+            )
+        unknown = payload.keys() - self._params
+        if unknown:
+            return BadRequest(f"unknown parameter(s) {sorted(unknown)} for {api.name!r}; it takes {list(api.params)}")
+        return BadRequest(f"missing parameter(s) {sorted(api.required - payload.keys())} for {api.name!r}")
 
 
 def _fallback(obj: Any) -> Any:

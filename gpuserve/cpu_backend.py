@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from gpuserve.backend import Backend, MemoryInfo
+from gpuserve.backend import Backend, MemoryInfo, host_memory
 from gpuserve.devices.device import Device
 from gpuserve.errors import CapabilityError
-
-
-def host_memory() -> MemoryInfo:
-    """This process's resident memory against the machine's RAM."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = page * os.sysconf("SC_PHYS_PAGES")
-    try:
-        with open("/proc/self/statm") as f:
-            used = int(f.read().split()[1]) * page
-    except OSError:
-        import resource
-
-        used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return MemoryInfo(used=used, total=total)
 
 
 class CpuBackend(Backend):

@@ -35,7 +35,7 @@ class BackendEntry:
 
     @property
     def auto_select(self) -> bool:
-        return self.cls is not None and getattr(self.cls, "auto_select", True)
+        return self.cls is not None and self.cls.auto_select
 
     def viability(self) -> Viability:
         if self.cls is None:

@@ -212,11 +212,3 @@ class Resources:
             return True
         return GPU_TYPES[_model_of(self.gpu_type)] in _name_tokens(device_name)
 
-    def describe(self) -> str:
-        """The request in words, for messages: "gpu=1, gpu_type='nvidia-l4'"."""
-        parts = [f"gpu={self.gpu}"]
-        if self.gpu_type is not None:
-            parts.append(f"gpu_type={self.gpu_type!r}")
-        if self.gpu_memory is not None:
-            parts.append(f"gpu_memory={format_bytes(self.gpu_memory)}")
-        return ", ".join(parts)

@@ -39,7 +39,7 @@ class Settings:
     cpu_devices: int = attrs.field(default=1, validator=_positive)  # virtual CPU devices to plan on
     instances_per_device: int = attrs.field(default=1, validator=_positive)
     max_body_size: int = attrs.field(default=16 * MiB, validator=_positive)
-    timeout_s: float = attrs.field(default=60.0, validator=_positive)  # default per-request deadline
+    timeout: float = attrs.field(default=60.0, validator=_positive)  # default per-request deadline, seconds
     queue_size: int | None = attrs.field(default=None, validator=_positive)  # per API; None: derived
 
     @classmethod
@@ -71,5 +71,6 @@ def _convert(field: attrs.Attribute, raw: str) -> Any:
         if kind.startswith("float"):
             return float(raw)
     except ValueError:
-        raise DeclarationError(f"{name}={raw!r} is invalid: expected a {kind.split(' ')[0]}") from None
+        expected = {"bool": "true or false", "int": "a whole number", "float": "a number"}[kind.split(" ")[0]]
+        raise DeclarationError(f"{name}={raw!r} is invalid: expected {expected}") from None
     return raw

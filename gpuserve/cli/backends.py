@@ -6,7 +6,6 @@ import argparse
 
 import orjson
 
-from gpuserve.errors import GpuserveError
 from gpuserve.registry import BackendEntry, default_registry
 
 
@@ -27,8 +26,8 @@ def describe(entry: BackendEntry) -> dict[str, object]:
     if viability.ok and entry.cls is not None and entry.cls.uses_gpus:
         try:
             devices = len(entry.cls().devices())
-        except (GpuserveError, RuntimeError, OSError) as exc:
-            viability = type(viability).no(f"devices() failed: {exc}")
+        except Exception as exc:  # a plugin's failure is reported, never fatal to the listing
+            viability = type(viability).no(f"devices() failed: {type(exc).__name__}: {exc}")
     elif viability.ok:
         devices = 0
     return {

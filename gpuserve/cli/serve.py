@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-devices", type=int, help="virtual CPU devices to spread CPU replicas over")
     p.add_argument("--instances-per-device", type=int, help="replicas per planned device (default 1)")
     p.add_argument("--max-body-size", type=int, help="largest request body in bytes (default 16 MiB)")
-    p.add_argument("--timeout", dest="timeout_s", type=float, help="default request deadline in seconds")
+    p.add_argument("--timeout", type=float, help="default request deadline in seconds")
     p.add_argument("--queue-size", type=int, help="requests queued per API before 503 (default: derived)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)

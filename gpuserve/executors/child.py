@@ -38,7 +38,7 @@ def serve(fd: int) -> None:
     except Exception as exc:
         wire.send(conn, ("error", Failure.of(exc)))
         return
-    wire.send(conn, ("ready", os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")))
+    wire.send(conn, ("ready", os.getpid()))
     while True:
         try:
             api_name, items = wire.recv(conn)

@@ -62,7 +62,6 @@ class ProcessExecutor(Executor):
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpuserve-io-{self.key}")
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
-        self.child_visible_devices: str | None = None
         self.pid: int | None = None
 
     async def start(self) -> None:
@@ -95,7 +94,7 @@ class ProcessExecutor(Executor):
             self._kill()
             failure = reply[1]
             raise ReplicaStartError(f"replica {self.key} failed to build: {failure.type}: {failure.message}")
-        _, self.pid, self.child_visible_devices = reply
+        _, self.pid = reply
 
     def _exchange(self, message: Any) -> BatchResult:
         if self._conn is None:

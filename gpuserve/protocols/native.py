@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from gpuserve.batching import ItemFailed, Refused
-from gpuserve.codecs import BadRequest, decode_arguments, encode
+from gpuserve.codecs import ArgumentDecoder, BadRequest, encode
 from gpuserve.service import ApiSpec
 
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ def _timeout(request: web.Request, default: float) -> float:
 def _api_handler(api: ApiSpec, state: "ServerState"):
     batcher = state.batcher
     settings = state.deployment.settings
-    default_timeout = settings.timeout_s
+    default_timeout = settings.timeout
     name = api.name
+    decode = ArgumentDecoder(api)
 
     async def handle(request: web.Request) -> web.Response:
         if not state.ready:
@@ -58,7 +59,7 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
                 413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)"
             )
         try:
-            kwargs = decode_arguments(api, body)
+            kwargs = decode(body)
             timeout = _timeout(request, default_timeout)
             # The batcher keeps the deadline on the event loop, apart from the
             # executor: a stuck device cannot make a request late.

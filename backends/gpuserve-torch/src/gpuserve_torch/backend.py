@@ -11,8 +11,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gpuserve.backend import Backend, MemoryInfo, Viability
-from gpuserve.cpu_backend import host_memory
+from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
 from gpuserve.devices import Device
 from gpuserve.errors import BackendError, CapabilityError
 

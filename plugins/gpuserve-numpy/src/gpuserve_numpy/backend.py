@@ -6,13 +6,9 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
-import numpy
-
-from gpuserve.backend import Backend, MemoryInfo, Viability
+from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
 from gpuserve.devices import Device
 from gpuserve.errors import CapabilityError
-
-from gpuserve_numpy.host import host_memory
 
 GPU_HINT = "NumPy runs on the CPU only; for NumPy-style code on GPUs use the cupy backend"
 
@@ -22,6 +18,8 @@ def copy_arrays(obj: Any) -> Any:
 
     Other objects already live in host memory and come back as they are.
     """
+    import numpy  # imported on use, so that listing backends stays cheap
+
     if isinstance(obj, numpy.ndarray):
         return numpy.array(obj, copy=True)
     if isinstance(obj, dict):
