@@ -79,7 +79,7 @@ _QUEUED, _TAKEN, _DROPPED, _GONE = range(4)
 
 
 class _Pending:
-    __slots__ = ("kwargs", "future", "enqueued", "latency_deadline", "timer", "state")
+    __slots__ = ("kwargs", "future", "enqueued", "latency_deadline", "timer", "state", "probe")
 
     def __init__(self, kwargs: dict[str, Any], future: asyncio.Future[Any], now: float, budget_s: float) -> None:
         self.kwargs = kwargs
@@ -88,10 +88,11 @@ class _Pending:
         self.latency_deadline = now + budget_s
         self.timer: asyncio.TimerHandle | None = None
         self.state = _QUEUED
+        self.probe = False  # admitted despite the latency model, to refresh its evidence
 
 
 class _ApiQueue:
-    __slots__ = ("api", "items", "limit", "dropped", "stats")
+    __slots__ = ("api", "items", "limit", "dropped", "stats", "next_probe", "last_learned")
 
     def __init__(self, api: ApiSpec, limit: int, stats: ApiStats) -> None:
         self.api = api
@@ -99,6 +100,8 @@ class _ApiQueue:
         self.limit = limit
         self.dropped = 0  # items still in `items` whose future settled while queued
         self.stats = stats
+        self.next_probe = 0.0  # loop time after which a refused request may run as a probe
+        self.last_learned = 0.0  # loop time the latency model last saw a batch of this API
         stats.queue_limit = limit
 
     @property
@@ -117,6 +120,9 @@ class _ApiQueue:
         """Forget the dropped items (only when the queue looks full, so rarely)."""
         self.items = deque(item for item in self.items if item.state != _DROPPED)
         self.dropped = 0
+
+
+PROBE_INTERVAL_S = 1.0  # at most one request per interval runs against a refusing latency model
 
 
 def default_queue_size(api: ApiSpec, executors: int) -> int:
@@ -182,7 +188,15 @@ class Batcher:
         now = loop.time()
         budget = queue.api.max_latency_ms / 1000
         predicted = self._predict_wait(queue, now)
+        probe = False
         if predicted is not None and predicted > budget:
+            # Refused requests never run, so a model with no fresh evidence would
+            # never learn that the device got faster: let one through now and then.
+            interval = max(budget, PROBE_INTERVAL_S)
+            probe = now - queue.last_learned >= interval and now >= queue.next_probe
+            if probe:
+                queue.next_probe = now + interval
+        if predicted is not None and predicted > budget and not probe:
             stats.refusals[LatencyBudgetExceeded.reason] += 1
             raise LatencyBudgetExceeded(
                 f"{api_name!r} cannot answer within max_latency_ms={queue.api.max_latency_ms:g}: "
@@ -191,6 +205,7 @@ class Batcher:
             )
         future = loop.create_future()
         item = _Pending(kwargs, future, now, budget)
+        item.probe = probe
         if timeout is not None:
             item.timer = loop.call_later(timeout, _expire, future, timeout)
         future.add_done_callback(functools.partial(self._settled, queue, item))
@@ -297,7 +312,7 @@ class Batcher:
             item = queue.pop()
             if item.future.done():
                 continue
-            predicted = model.predict(len(batch) + 1) if model else None
+            predicted = model.predict(len(batch) + 1) if model and not item.probe else None
             if predicted is not None and now + predicted > item.latency_deadline:
                 item.state = _GONE
                 stats.refusals[LatencyBudgetExceeded.reason] += 1
@@ -367,6 +382,7 @@ class Batcher:
         queue.stats.exec_time[executor.key].add(result.exec_s)
         if result.oom_ceiling is None:
             self._models.setdefault(key, LatencyModel()).observe(size, result.exec_s)
+            queue.last_learned = asyncio.get_running_loop().time()
             self._fastest_cache.clear()
             return
         # A split batch's time says little about either size: learn from the next ones.

@@ -94,6 +94,15 @@ class Batching:
         time.sleep(0.2)
         return item
 
+    @gpuserve.api(max_latency_ms=500)
+    def warms_up(self, item: str) -> str:
+        # Slow for its first three calls (a cold device), then fast.
+        journal("warms_up", [item])
+        self.warm_calls = getattr(self, "warm_calls", 0) + 1
+        if self.warm_calls <= 3:
+            time.sleep(0.6)
+        return item
+
     @gpuserve.api(batchable=True, max_batch_size=8)
     def die(self, item: list[str]) -> list[dict]:
         journal("die", item)

@@ -16,8 +16,9 @@ class Mlp:
         self.device = gpuserve.context().device
         generator = torch.Generator().manual_seed(0)
         layers = [torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)]
-        for layer in layers[::2]:
+        for layer in layers[::2]:  # every replica the same model: weights and biases from one seed
             torch.nn.init.normal_(layer.weight, generator=generator)
+            torch.nn.init.normal_(layer.bias, generator=generator)
         self.model = torch.nn.Sequential(*layers).to(self.device).eval()
 
     @gpuserve.api(batchable=True, max_batch_size=64)
