@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import anyio
 
 from gpuserve.errors import GpuserveError
 from gpuserve.executors.base import Executor
@@ -83,11 +82,14 @@ class DevicePool:
             self.release(executor)
             return
 
-    async def stop(self) -> None:
+    async def stop(self) -> bool:
+        """Stop every executor; False if some replica could not be ended."""
         self.ready = False
         for task in list(self._replacing):
             task.cancel()
         await asyncio.gather(*self._replacing, return_exceptions=True)
-        async with anyio.create_task_group() as tg:
-            for executor in self.executors:
-                tg.start_soon(executor.stop)
+        results = await asyncio.gather(*(e.stop() for e in self.executors), return_exceptions=True)
+        for executor, result in zip(self.executors, results):
+            if isinstance(result, BaseException):
+                log.error("stopping %s failed: %s: %s", executor.key, type(result).__name__, result)
+        return all(result is True for result in results)

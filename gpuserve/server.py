@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import entry_points
@@ -25,7 +26,7 @@ from gpuserve.protocols.native import add_fallback_route, add_native_routes
 
 log = logging.getLogger("gpuserve")
 PLUGIN_GROUP = "gpuserve.plugins"
-DRAIN_TIMEOUT_S = 30.0
+LEFTOVER_DRAIN_S = 1.0
 
 
 @attrs.define
@@ -35,12 +36,19 @@ class ServerState:
     deployment: Deployment
     pool: DevicePool
     batcher: Batcher
-    failure: str | None = None  # why building replicas failed
+    failure: str | None = None  # why building replicas (or the dispatcher) failed
     on_failure: Callable[[str], None] | None = None  # e.g. the CLI stops the server
+    stopped_cleanly: bool = True  # False when a replica was left running user code
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+        log.error("%s", reason)
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     @property
     def ready(self) -> bool:
-        return self.pool.ready
+        return self.pool.ready and self.failure is None
 
 
 STATE = web.AppKey("gpuserve_state", ServerState)
@@ -49,26 +57,38 @@ STATE = web.AppKey("gpuserve_state", ServerState)
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     dispatcher = asyncio.create_task(state.batcher.run(), name="gpuserve-dispatcher")
+    dispatcher.add_done_callback(functools.partial(_watch_dispatcher, state))
     build = asyncio.create_task(_build(state), name="gpuserve-build")
     try:
         yield
     finally:
-        await state.batcher.drain(DRAIN_TIMEOUT_S)
-        for task in (build, dispatcher):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await state.pool.stop()
+        try:
+            # The HTTP layer already waited for running requests (drain_timeout);
+            # what is left here gets a moment, then fails with 503.
+            await state.batcher.drain(LEFTOVER_DRAIN_S)
+            for task in (build, dispatcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # reported already
+                    await task
+        finally:
+            state.stopped_cleanly = await state.pool.stop()
+
+
+def _watch_dispatcher(state: ServerState, task: asyncio.Task[None]) -> None:
+    """A dispatcher that dies would leave every request to time out: stop serving instead."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("the dispatcher failed", exc_info=exc)
+        state.fail(f"the dispatcher failed: {type(exc).__name__}: {exc}")
 
 
 async def _build(state: ServerState) -> None:
     try:
         await state.pool.start()
     except Exception as exc:  # the user's constructor or the device failed
-        state.failure = str(exc)
-        log.error("building replicas failed: %s", state.failure)
-        if state.on_failure is not None:
-            state.on_failure(state.failure)
+        state.fail(f"replicas failed to build: {exc}")
         return
     log.info("ready: %d replica(s) of %s", len(state.pool), state.deployment.spec.name)
 

@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-size", type=int, help="largest request body in bytes (default 16 MiB)")
     p.add_argument("--timeout", type=float, help="default request deadline in seconds")
     p.add_argument("--queue-size", type=int, help="requests queued per API before 503 (default: derived)")
+    p.add_argument("--drain-timeout", type=float,
+                   help="on shutdown, seconds to let running requests finish (default 30)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         failed.append(reason)
         os.kill(os.getpid(), signal.SIGTERM)  # run_app's own graceful shutdown
 
-    from gpuserve.server import create_app
+    from gpuserve.server import STATE, create_app
 
     app = create_app(deployment, on_failure=stop_on_failure)
     loop = _event_loop()
@@ -80,10 +82,18 @@ def run(args: argparse.Namespace) -> int:
         port=settings.port,
         loop=loop,
         handler_cancellation=True,  # a client that leaves cancels its request
+        shutdown_timeout=settings.drain_timeout,  # requests in flight get this long to finish
         access_log=None,
         print=lambda msg: log.info(msg.strip()),
     )
+    code = 0
     if failed:
-        print(f"gpuserve: replicas failed to build: {failed[0]}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"gpuserve: {failed[0]}", file=sys.stderr)
+        code = 1
+    if not app[STATE].stopped_cleanly:
+        # A replica thread is stuck in user code; Python would wait for it at exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

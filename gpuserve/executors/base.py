@@ -16,6 +16,9 @@ from gpuserve.errors import GpuserveError
 from gpuserve.executors.replica import BatchResult
 
 
+STOP_GRACE_S = 10.0  # how long shutdown waits for a replica still running user code
+
+
 class ExecutorDied(GpuserveError):
     """The executor was lost while running a batch (HTTP 503; it is restarted)."""
 
@@ -73,4 +76,9 @@ class Executor(abc.ABC):
         await self.start()
 
     @abc.abstractmethod
-    async def stop(self) -> None: ...
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
+        """End the replica, waiting at most about `grace_s` for code still running.
+
+        False when it could not be ended (a thread stuck in user code): the
+        caller then knows the process must exit without waiting for it.
+        """

@@ -21,7 +21,7 @@ import attrs
 from gpuserve.backend import Backend
 from gpuserve.errors import GpuserveError
 from gpuserve.executors import wire
-from gpuserve.executors.base import Executor, ExecutorDied, Placement
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement
 from gpuserve.executors.replica import BatchResult
 from gpuserve.service import ServiceSpec
 
@@ -126,16 +126,24 @@ class ProcessExecutor(Executor):
             self._proc.kill()
             return self._proc.wait()
 
-    def _shutdown(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # the child sees EOF and exits
-            self._conn = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+    def _terminate(self, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`: work was drained before this is called.
 
-    async def stop(self) -> None:
-        await asyncio.wrap_future(self._io.submit(self._shutdown))
+        Runs beside the I/O thread, which may be stuck waiting on the child;
+        the child's exit unblocks it.
+        """
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
+        await asyncio.get_running_loop().run_in_executor(None, self._terminate, grace_s)
+        await asyncio.wrap_future(self._io.submit(self._kill))  # closes the channel in its own thread
+        return True

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gpuserve.backend import Backend
-from gpuserve.executors.base import Executor, Placement
+from gpuserve.executors.base import STOP_GRACE_S, Executor, Placement
 from gpuserve.executors.replica import BatchResult, Replica
 from gpuserve.service import ServiceSpec
+
+log = logging.getLogger(__name__)
 
 
 class ThreadExecutor(Executor):
@@ -29,7 +32,15 @@ class ThreadExecutor(Executor):
         assert self._thread is not None, "executor not started"
         return await asyncio.wrap_future(self._thread.submit(self._replica.run, api_name, items))
 
-    async def stop(self) -> None:
-        if self._thread is not None:
-            thread, self._thread = self._thread, None
-            await asyncio.get_running_loop().run_in_executor(None, thread.shutdown, True)
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
+        if self._thread is None:
+            return True
+        thread, self._thread = self._thread, None
+        thread.shutdown(wait=False, cancel_futures=True)
+        waiting = asyncio.get_running_loop().run_in_executor(None, thread.shutdown, True)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), grace_s)
+        except asyncio.TimeoutError:
+            log.warning("replica %s is still running user code after %.0f s; leaving it", self.key, grace_s)
+            return False
+        return True

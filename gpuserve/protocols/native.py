@@ -50,7 +50,7 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
 
     async def handle(request: web.Request) -> web.Response:
         if not state.ready:
-            reason = f"replicas failed to build: {state.failure}" if state.failure else "replicas are still being built"
+            reason = state.failure or "replicas are still being built"
             return json_error(503, f"not ready: {reason}", retry_after=1)
         try:
             body = await request.read()
@@ -93,7 +93,7 @@ def add_native_routes(app: web.Application, state: "ServerState") -> None:
     async def readyz(_: web.Request) -> web.Response:
         if state.ready:
             return web.json_response({"status": "ready", "replicas": len(state.pool)})
-        reason = f"replicas failed to build: {state.failure}" if state.failure else "replicas are still being built"
+        reason = state.failure or "replicas are still being built"
         return json_error(503, f"not ready: {reason}", retry_after=1)
 
     async def stats(_: web.Request) -> web.Response:

@@ -29,6 +29,11 @@ class Basics:
         return [0]
 
     @gpuserve.api
+    def slow(self, seconds: float):
+        time.sleep(seconds)
+        return seconds
+
+    @gpuserve.api
     def whoami(self):
         ctx = gpuserve.context()
         return {"worker": ctx.worker_index, "backend": ctx.backend_name,
@@ -53,3 +58,19 @@ class BrokenInit:
     @gpuserve.api
     def ping(self):
         return "pong"
+
+
+@gpuserve.service(backend="cpu")
+class Stuck:
+    @gpuserve.api
+    def forever(self):
+        time.sleep(3600)  # a model call that never returns
+
+    @gpuserve.api
+    def ping(self):
+        return "pong"
+
+
+@gpuserve.service(backend="cpu", isolation="process")
+class StuckProcess(Stuck):
+    pass
