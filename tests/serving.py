@@ -106,3 +106,11 @@ def _wait(server: Server, path: str, timeout: float) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"server not answering {path} after {timeout}s:\n{server.log()}")
+
+
+def wait_until_running(server: Server, api: str, timeout: float = 30) -> None:
+    """Wait until `api` has an item running on some executor (per /stats)."""
+    deadline = time.monotonic() + timeout
+    while not any(server.get("stats").body[api]["in_flight"].values()):
+        assert time.monotonic() < deadline, f"{api} never started"
+        time.sleep(0.02)

@@ -76,12 +76,15 @@ def test_bad_fake_file_exits_2_naming_the_path(fake_env: dict[str, str], tmp_pat
 def test_watch_refreshes_until_ctrl_c(fake_env: dict[str, str]) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "gpuserve", "devices", "--watch", "0.1"], env=fake_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    seen = ""
+    while seen.count(GPUS[0]["uuid"]) < 2:  # two full redraws, however slow the start
+        line = proc.stdout.readline()
+        assert line, f"--watch exited early: {proc.stderr.read()}"
+        seen += line
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert out.count("\033[H\033[2J") >= 2  # cleared and redrawn more than once
-    assert out.count(GPUS[0]["uuid"]) >= 2
+    assert (seen + out).count("\033[H\033[2J") >= 2  # cleared and redrawn more than once
 
 
 def test_watch_rejects_a_non_positive_interval(fake_env: dict[str, str]) -> None:

@@ -33,7 +33,7 @@ def test_served_output_equals_an_in_process_forward_pass(classifier):
         assert reply.body == predict(model, [row], torch.device("cpu"))[0]
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(classifier):
+def test_concurrent_requests_each_get_their_own_answer(classifier):
     model = build_model()
     data = rows(48, seed=11)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:

@@ -110,3 +110,11 @@ def test_require_gpu_refuses_the_cpu_fallback(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "GPU" in out.stderr
+
+
+def test_each_executor_thread_has_its_own_device_current(tmp_path):
+    gpus, path = inventory(tmp_path, n=2)
+    with serve("placement:CurrentDevice", env={"GPUSERVE_FAKE_GPUS": path}, log_dir=tmp_path) as server:
+        seen = collect(server, 2)
+    for worker in (0, 1):
+        assert seen[worker]["current"] == seen[worker]["current_at_init"] == gpus[worker]["uuid"]

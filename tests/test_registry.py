@@ -75,9 +75,24 @@ def test_broken_plugins_are_listed_with_their_reason_and_the_rest_still_work(plu
 
 
 def test_a_server_starts_beside_broken_plugins(plugin_site, tmp_path):
+    install_distribution(plugin_site, "gpuserve-badhook", "[gpuserve.plugins]\nbadhook = bad_hook:setup\n",
+                         {"bad_hook": "def setup(app):\n    raise RuntimeError('hook exploded')\n"})
+    install_distribution(plugin_site, "gpuserve-goodhook", "[gpuserve.plugins]\ngoodhook = good_hook:setup\n",
+                         {"good_hook": """
+                             from aiohttp import web
+
+                             async def hello(request):
+                                 return web.json_response({"hello": "from a plugin"})
+
+                             def setup(app):
+                                 app.router.add_get("/hello", hello)
+                         """})
     with serve("basics:Basics", env={"PYTHONPATH": str(plugin_site)}, log_dir=tmp_path) as server:
         assert server.post("echo", {"value": 3}).body["value"] == 3
-        assert "broken" in server.log() and "libfoo.so" in server.log()
+        assert server.get("hello").body == {"hello": "from a plugin"}  # hooks may add routes
+        log = server.log()
+    assert "broken" in log and "libfoo.so" in log
+    assert "badhook" in log and "hook exploded" in log
 
 
 def test_unknown_backend_lists_the_installed_ones():

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from serving import serve
+from serving import serve, wait_until_running
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +76,16 @@ def test_user_code_raising_is_500_with_the_type_and_the_server_keeps_serving(bas
 
 
 def test_batch_length_mismatch_is_500_naming_api_and_lengths(basics):
-    reply = basics.post("wrong_length", {"n": 1}, headers={})
-    # A batch of one returning one result is fine; force a batch of several.
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        basics_busy = pool.submit(basics.post, "sizes", {"n": 0})
+    assert basics.post("wrong_length", {"n": 1}).status == 200  # a batch of one, one result: fine
+    # Hold the executor so the next requests queue up and run as one batch.
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        busy = pool.submit(basics.post, "slow", {"seconds": 1.0})
+        wait_until_running(basics, "slow")
         replies = list(pool.map(lambda i: basics.post("wrong_length", {"n": i}), range(8)))
-        basics_busy.result()
-    assert reply.status == 200
-    bad = [r for r in replies if r.status == 500]
-    assert bad, "expected at least one batch larger than one"
-    message = bad[0].body["error"]
-    assert "'wrong_length'" in message and "returned 1 results for a batch of" in message
+        assert busy.result().status == 200
+    assert [r.status for r in replies] == [500] * 8
+    message = replies[0].body["error"]
+    assert "'wrong_length'" in message and "returned 1 results for a batch of 8" in message
 
 
 def test_batches_larger_than_one_form_under_concurrent_load(basics):

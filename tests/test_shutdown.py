@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from serving import serve
+from serving import serve, wait_until_running
 
 
 @pytest.mark.parametrize("service", ["basics:Stuck", "basics:StuckProcess"])
@@ -41,10 +41,3 @@ def post_ignoring_errors(server, api):
         server.post(api, {}, timeout=60)
     except OSError:  # the server goes away under this request: that is the test
         pass
-
-
-def wait_until_running(server, api, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not any(server.get("stats").body[api]["in_flight"].values()):
-        assert time.monotonic() < deadline, f"{api} never started"
-        time.sleep(0.02)

@@ -23,6 +23,7 @@ import pytest
 
 from gpuserve.backend import Backend, Viability
 from gpuserve.devices import Device
+from gpuserve.errors import GpuserveError
 from gpuserve.registry import BackendEntry, Registry
 
 GHOST_GPU = Device(index=63, uuid="GPU-00000000-dead-4000-8000-000000000063", name="absent GPU")
@@ -90,9 +91,9 @@ class BackendConformance:
 
     def test_an_absent_gpu_is_an_error_never_a_fallback(self, backend: Backend) -> None:
         model = self.make_model()
-        with pytest.raises(Exception):
+        with pytest.raises(GpuserveError, match="GPU|cuda|device"):
             backend.place(model, GHOST_GPU)
-        with pytest.raises(Exception):
+        with pytest.raises(GpuserveError, match="GPU|cuda|device"):
             with backend.device_context(GHOST_GPU):
                 pass
 

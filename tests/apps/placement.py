@@ -3,7 +3,7 @@
 import os
 
 import gpuserve
-from gpuserve.testing.fake_backend import applied_memory_caps
+from gpuserve.testing.fake_backend import applied_memory_caps, current_fake_device
 
 
 def where():
@@ -50,3 +50,15 @@ class HalfGpuEachInItsOwnProcess:
     @gpuserve.api
     def where(self):
         return where()
+
+
+@gpuserve.service(resources={"gpu": 1}, workers=2, backend="fake-gpu")
+class CurrentDevice:
+    """Reports which fake GPU the backend made current in the executor thread."""
+
+    def __init__(self) -> None:
+        self.current_at_init = current_fake_device().uuid
+
+    @gpuserve.api
+    def where(self):
+        return {**where(), "current": current_fake_device().uuid, "current_at_init": self.current_at_init}

@@ -124,3 +124,57 @@ def test_out_of_memory_from_a_real_allocation_is_recognised():
 def test_memory_reports_the_gpu():
     info = TorchBackend().memory(gpu(0))
     assert 0 <= info.used < info.total == torch.cuda.get_device_properties(0).total_memory
+
+
+def test_a_torch_service_serves_from_worker_processes(tmp_path):
+    """Process isolation end to end: the child builds the model and answers over the wire."""
+    import json
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    (tmp_path / "svc.py").write_text(textwrap.dedent("""
+        import os
+        import gpuserve, torch
+
+        @gpuserve.service(backend="torch", workers=2, isolation="process")
+        class Doubler:
+            def __init__(self):
+                self.device = gpuserve.context().device
+                self.weight = torch.full((3,), 2.0, device=self.device)
+
+            @gpuserve.api(batchable=True)
+            def double(self, x: list[list[float]]) -> list[dict]:
+                out = (torch.tensor(x, device=self.device) * self.weight).tolist()
+                return [{"y": y, "pid": os.getpid(), "device": str(self.device),
+                         "visible": os.environ.get("CUDA_VISIBLE_DEVICES")} for y in out]
+    """))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUSERVE_", "CUDA_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "gpuserve", "serve", "svc:Doubler", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        request = urllib.request.Request(f"{url}/double", data=json.dumps({"x": [1, 2.5, -3]}).encode())
+        with urllib.request.urlopen(request, timeout=30) as r:
+            answer = json.loads(r.read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert answer["y"] == [2.0, 5.0, -6.0]
+    assert answer["pid"] != proc.pid and answer["device"] == "cpu"
+    assert answer["visible"] == ""  # a CPU plan hides every GPU from the worker

@@ -59,9 +59,10 @@ class TorchBackend(Backend):
                 "CUDA was initialised before gpuserve limited the visible GPUs (the service module "
                 "touched CUDA at import time); move device work into the service's __init__"
             )
-        if devices and not torch.backends.cuda.is_built():
+        gpus = [d for d in devices if d.is_gpu]
+        if gpus and not torch.backends.cuda.is_built():
             raise BackendError(
-                f"the plan uses {len(devices)} GPU(s) but this torch ({torch.__version__}) was built "
+                f"the plan uses {len(gpus)} GPU(s) but this torch ({torch.__version__}) was built "
                 "without CUDA; install a CUDA build of torch, or pass --backend cpu / resources "
                 "without 'gpu' to serve on the CPU"
             )
