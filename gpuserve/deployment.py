@@ -13,6 +13,7 @@ import attrs
 
 from gpuserve.backend import Backend
 from gpuserve.devices import discover
+from gpuserve.devices.driver import cuda_initialized_here
 from gpuserve.executors import Executor, Placement, ProcessExecutor, ThreadExecutor
 from gpuserve.planner import Plan, plan
 from gpuserve.registry import BackendEntry, default_registry
@@ -97,13 +98,50 @@ def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, 
     entry, backend, the_plan = plan_service(spec, settings, environ)
     if the_plan.fallback_reason:
         log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
-    isolation = settings.isolation or spec.isolation
-    base_env = dict(environ)
-    if isolation == "thread":
-        the_plan, visible = the_plan.narrowed()
-        environ["CUDA_VISIBLE_DEVICES"] = visible
-        backend.limit_visibility(the_plan.gpu_union())
+    isolation = choose_isolation(settings.isolation or spec.isolation, the_plan)
+    # Ordinals as in the user's own environment, as `gpuserve plan` shows them.
     log.info("backend %s (%s %s), isolation %s; plan:", entry.name, entry.distribution, entry.version, isolation)
     for line in the_plan.describe():
         log.info("  %s", line)
+    base_env = dict(environ)
+    if isolation == "thread":
+        the_plan = _narrow_this_process(the_plan, environ)
+        backend.limit_visibility(the_plan.gpu_union())
     return Deployment(spec, settings, backend, entry, the_plan, isolation, service_ref_of(spec), base_env)
+
+
+def shares_a_gpu(the_plan: Plan) -> bool:
+    """Whether fractional workers share a GPU (their memory caps need separate processes)."""
+    hosts = [w.devices[0].uuid for w in the_plan.workers if w.memory_fraction is not None]
+    return len(hosts) != len(set(hosts))
+
+
+def choose_isolation(declared: str | None, the_plan: Plan) -> str:
+    """The declared isolation, else threads, unless fractional workers share a GPU.
+
+    Frameworks cap GPU memory per process: two thread replicas at 0.5 would
+    share one process cap, so by default such workers run as processes.
+    """
+    if declared is None:
+        return "process" if shares_a_gpu(the_plan) else "thread"
+    if declared == "thread" and shares_a_gpu(the_plan):
+        log.warning("isolation='thread' with fractional workers sharing a GPU: frameworks cap memory per "
+                    "process, so these replicas share one cap (the sum of their shares); use "
+                    "isolation='process' to cap each")
+    return declared
+
+
+def _narrow_this_process(the_plan: Plan, environ: MutableMapping[str, str]) -> Plan:
+    """Limit this process to the planned GPUs; the plan renumbered as CUDA will see it."""
+    narrowed, visible = the_plan.narrowed()
+    if the_plan.gpu_union() and cuda_initialized_here():
+        # CUDA read CUDA_VISIBLE_DEVICES already; changing it now would change nothing.
+        log.warning("CUDA was initialised before gpuserve could limit the visible GPUs (the service "
+                    "module touched the GPU at import time): keeping the inherited numbering, so "
+                    "use gpuserve.context().device rather than fixed cuda:N, and move device work "
+                    "into the service's __init__")
+        return the_plan
+    environ["CUDA_VISIBLE_DEVICES"] = visible
+    if narrowed.gpu_union():
+        log.info("CUDA_VISIBLE_DEVICES narrowed to the planned GPUs: %s", visible)
+    return narrowed

@@ -184,9 +184,21 @@ def _per_device(fraction: float) -> int:
     return math.floor(1 / fraction + 1e-9)
 
 
+# Memory every GPU shows in use (driver, contexts, a display) that a share may
+# still count on: without it two 0.5 shares would never fit on a real GPU.
+USED_ALLOWANCE = 0.05
+
+
 def _slots(resources: Resources, device: Device) -> int:
-    """How many workers of `resources.gpu` share fit on `device`."""
+    """How many workers of `resources.gpu` share fit on `device`.
+
+    Shares are capped at fraction x total memory, so memory that others already
+    use (beyond the driver's allowance) leaves room for fewer of them.
+    """
     slots = _per_device(resources.gpu)
+    cap = resources.gpu * device.memory_total
+    if cap > 0:
+        slots = min(slots, math.floor((device.memory_free + USED_ALLOWANCE * device.memory_total) / cap + 1e-9))
     if resources.gpu_memory is not None:
         slots = min(slots, device.memory_free // resources.gpu_memory)
     return slots

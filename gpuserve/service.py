@@ -53,7 +53,7 @@ class ServiceSpec:
     name: str
     resources: Resources
     workers: int
-    isolation: str
+    isolation: str | None  # None: threads, unless fractional workers share a GPU
     backend: str | None
     apis: Mapping[str, ApiSpec]
 
@@ -135,18 +135,20 @@ def service(
     name: str | None = None,
     resources: Mapping[str, Any] | Resources | None = None,
     workers: int = 1,
-    isolation: str = "thread",
+    isolation: str | None = None,
     backend: str | None = None,
 ) -> Any:
     """Declare a class as a gpuserve service.
 
     `resources` describe one worker (replica); `workers` replicas are built.
     `isolation="process"` runs each replica in its own process that sees only
-    its own GPUs (as `cuda:0..k-1`).
+    its own GPUs (as `cuda:0..k-1`); `"thread"` runs replicas as threads of the
+    server. Left out, threads, unless fractional workers share a GPU: memory
+    caps are per process, so those run as processes.
     """
     parsed = Resources.parse(resources)
     count = _positive_int("workers", workers)
-    if isolation not in ISOLATIONS:
+    if isolation is not None and isolation not in ISOLATIONS:
         raise DeclarationError(f"isolation={isolation!r} is invalid: expected one of {list(ISOLATIONS)}")
     if backend is not None and (not isinstance(backend, str) or not backend):
         raise DeclarationError(f"backend={backend!r} is invalid: expected a backend name such as 'torch'")

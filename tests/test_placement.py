@@ -66,25 +66,29 @@ def test_process_workers_only_narrow_an_inherited_limit(tmp_path):
     assert seen[1]["cuda_visible_devices"] == f"{gpus[3]['uuid']},{gpus[1]['uuid']}"
 
 
-def test_fractional_workers_share_one_gpu_each_capped(tmp_path):
+def test_fractional_workers_share_one_gpu_each_capped_in_its_own_process(tmp_path):
     gpus, path = inventory(tmp_path, n=2)
     with serve("placement:HalfGpuEach", env={"GPUSERVE_FAKE_GPUS": path}, log_dir=tmp_path) as server:
         seen = collect(server, 2)
-    assert seen[0]["uuids"] == seen[1]["uuids"] == [gpus[0]["uuid"]]
-    assert seen[0]["memory_limit"] == seen[1]["memory_limit"] == gpus[0]["memory_total"] // 2
-    # Both replicas live in the server process, whose framework cap is per process: their sum.
-    assert seen[0]["process_memory_caps"] == {gpus[0]["uuid"]: 1.0}
-
-
-def test_fractional_process_workers_each_cap_their_own_process(tmp_path):
-    gpus, path = inventory(tmp_path, n=2)
-    env = {"GPUSERVE_FAKE_GPUS": path}
-    with serve("placement:HalfGpuEachInItsOwnProcess", env=env, log_dir=tmp_path) as server:
-        seen = collect(server, 2)
+        log = server.log()
+    # Memory caps are per process, so sharing workers run as processes by default.
+    assert "isolation process" in log
     assert seen[0]["pid"] != seen[1]["pid"]
     for info in seen.values():
         assert info["uuids"] == [gpus[0]["uuid"]]
+        assert info["memory_limit"] == gpus[0]["memory_total"] // 2
         assert info["process_memory_caps"] == {gpus[0]["uuid"]: 0.5}
+        assert info["cuda_visible_devices"] == gpus[0]["uuid"]
+
+
+def test_fractional_thread_workers_share_the_process_cap_and_are_warned(tmp_path):
+    gpus, path = inventory(tmp_path, n=2)
+    with serve("placement:HalfGpuEachAsThreads", env={"GPUSERVE_FAKE_GPUS": path}, log_dir=tmp_path) as server:
+        seen = collect(server, 2)
+        log = server.log()
+    assert seen[0]["pid"] == seen[1]["pid"]
+    assert seen[0]["process_memory_caps"] == {gpus[0]["uuid"]: 1.0}  # one process: the sum of the shares
+    assert "share one cap" in log
 
 
 def test_a_plan_that_cannot_fit_stops_the_start_with_its_reason(tmp_path):

@@ -100,12 +100,12 @@ def test_devices_outside_inherited_visibility_are_never_used(machine) -> None:
 
 
 def test_cannot_fit_names_what_was_asked_what_exists_and_what_to_write(machine) -> None:
-    inventory = machine([fake_gpu(0, memory_gib=80, used_gib=8), fake_gpu(1, "NVIDIA L4", memory_gib=24)])
+    inventory = machine([fake_gpu(0, memory_gib=80, used_gib=2), fake_gpu(1, "NVIDIA L4", memory_gib=24)])
     with pytest.raises(PlanError) as caught:
         plan({"gpu": 1, "gpu_type": "nvidia-h100"}, 2, inventory)
     message = str(caught.value)
     assert "2 worker(s) x 1 GPU (type nvidia-h100)" in message
-    assert f"cuda:0 NVIDIA H100 80GB HBM3 ({fake_gpu(0)['uuid']}): 72.0 GiB free of 80.0 GiB" in message
+    assert f"cuda:0 NVIDIA H100 80GB HBM3 ({fake_gpu(0)['uuid']}): 78.0 GiB free of 80.0 GiB" in message
     assert "cuda:1 NVIDIA L4" in message and "[not nvidia-h100]" in message
     assert "workers=1" in message and "gpu=0.5" in message
 
@@ -180,3 +180,17 @@ def test_describe_and_to_json(machine) -> None:
         "memory_limit": 40 * GiB,
         "memory_fraction": 0.5,
     }
+
+
+def test_fraction_caps_count_memory_already_in_use() -> None:
+    from gpuserve.planner import plan as make_plan
+    from gpuserve.resources import Resources
+    from gpuserve.devices import Device, Inventory
+
+    GiB = 2**30
+    busy = Device(index=0, uuid="GPU-busy", name="NVIDIA A100-SXM4-80GB", memory_total=80 * GiB, memory_used=40 * GiB)
+    idle = Device(index=1, uuid="GPU-idle", name="NVIDIA A100-SXM4-80GB", memory_total=80 * GiB, memory_used=GiB // 2)
+    # 0.3 shares are 24 GiB caps: the half-full GPU holds one, the idle one three.
+    result = make_plan(Resources(gpu=0.3), 4, Inventory(devices=(busy, idle)))
+    hosts = [w.devices[0].uuid for w in result.workers]
+    assert hosts.count("GPU-busy") == 1 and hosts.count("GPU-idle") == 3

@@ -35,3 +35,26 @@ def driver_order(env: Mapping[str, str]) -> list[str] | None:
         return None
     uuids = answer.get("uuids") if isinstance(answer, dict) else None
     return [str(u) for u in uuids] if isinstance(uuids, list) else None
+
+
+_CUDA_SUCCESS, _CUDA_ERROR_NOT_INITIALIZED = 0, 3
+
+
+def cuda_initialized_here() -> bool | None:
+    """Whether this process already initialised the CUDA driver; None without a driver.
+
+    Asks `cuDeviceGetCount`, which answers NOT_INITIALIZED before `cuInit` and
+    does not initialise anything itself. Once CUDA is initialised, it has read
+    `CUDA_VISIBLE_DEVICES` for the life of the process.
+    """
+    import ctypes
+
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    count = ctypes.c_int(0)
+    status = libcuda.cuDeviceGetCount(ctypes.byref(count))
+    if status == _CUDA_ERROR_NOT_INITIALIZED:
+        return False
+    return status == _CUDA_SUCCESS

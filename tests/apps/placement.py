@@ -38,15 +38,15 @@ class TwoProcessWorkers:
         return {**where(), "at_init": self.seen_at_init}
 
 
-@gpuserve.service(resources={"gpu": 0.5}, workers=2, backend="fake-gpu")
-class HalfGpuEach:
+@gpuserve.service(resources={"gpu": 0.5}, workers=2, backend="fake-gpu", isolation="thread")
+class HalfGpuEachAsThreads:
     @gpuserve.api
     def where(self):
         return where()
 
 
-@gpuserve.service(resources={"gpu": 0.5}, workers=2, backend="fake-gpu", isolation="process")
-class HalfGpuEachInItsOwnProcess:
+@gpuserve.service(resources={"gpu": 0.5}, workers=2, backend="fake-gpu")
+class HalfGpuEach:
     @gpuserve.api
     def where(self):
         return where()

@@ -18,6 +18,10 @@ from gpuserve.errors import BackendError, CapabilityError
 log = logging.getLogger(__name__)
 
 
+def _bare_uuid(uuid: str) -> str:
+    return uuid.lower().removeprefix("gpu-").removeprefix("mig-")
+
+
 def _torch() -> Any:
     import torch
 
@@ -53,12 +57,12 @@ class TorchBackend(Backend):
         return found
 
     def limit_visibility(self, devices: Sequence[Device]) -> None:
+        """Check that torch's `cuda:N` are exactly the planned GPUs.
+
+        The server has set `CUDA_VISIBLE_DEVICES`; torch reads it when CUDA
+        initialises. A CPU-only build cannot serve a GPU plan.
+        """
         torch = _torch()
-        if torch.cuda.is_initialized():
-            raise BackendError(
-                "CUDA was initialised before gpuserve limited the visible GPUs (the service module "
-                "touched CUDA at import time); move device work into the service's __init__"
-            )
         gpus = [d for d in devices if d.is_gpu]
         if gpus and not torch.backends.cuda.is_built():
             raise BackendError(
@@ -66,6 +70,15 @@ class TorchBackend(Backend):
                 "without CUDA; install a CUDA build of torch, or pass --backend cpu / resources "
                 "without 'gpu' to serve on the CPU"
             )
+        if not gpus:
+            return
+        seen = {d.index: d.uuid for d in self.devices()}
+        for device in gpus:
+            if _bare_uuid(seen.get(device.index, "")) != _bare_uuid(device.uuid):
+                raise BackendError(
+                    f"torch's {device.label} is {seen.get(device.index) or 'absent'}, but the plan put "
+                    f"{device.uuid} ({device.name}) there: CUDA saw another CUDA_VISIBLE_DEVICES"
+                )
 
     def _check(self, device: Device) -> Any:
         torch = _torch()
