@@ -8,13 +8,12 @@ worker's devices, numbered from 0, when it is first imported here.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from multiprocessing.connection import Connection
 
 from gpuserve.executors import wire
 from gpuserve.executors.base import Placement
-from gpuserve.executors.replica import BatchResult, Failure, Replica
+from gpuserve.executors.replica import Failure, Replica
 from gpuserve.loader import load_service
 from gpuserve.registry import default_registry
 
@@ -44,13 +43,8 @@ def serve(fd: int) -> None:
             api_name, items = wire.recv(conn)
         except EOFError:
             return
-        result = replica.run(api_name, items)
-        try:
-            wire.send(conn, result)
-        except (pickle.PicklingError, TypeError, AttributeError, BufferError) as exc:
-            # Results that cannot travel fail as the user's error, not as a lost worker.
-            failure = Failure(type(exc).__name__, f"the result cannot be sent back to the server: {exc}")
-            wire.send(conn, BatchResult([failure] * len(items), result.exec_s, result.oom_ceiling))
+        # Results travel as JSON bytes (encoded in `run`), so they always pickle.
+        wire.send(conn, replica.run(api_name, items))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import attrs
 
 from gpuserve.context import ReplicaContext, bind
 from gpuserve.backend import Backend
+from gpuserve.codecs import encode
 from gpuserve.service import ApiSpec, ServiceSpec
 
 
@@ -35,10 +36,20 @@ class Failure:
 
 @attrs.frozen
 class BatchResult:
-    outcomes: list[Any]  # a value or a Failure per item, in order
+    outcomes: list[Any]  # per item, in order: its result as JSON bytes, or a Failure
     exec_s: float  # time spent in the user's method(s)
     # Set after an out-of-memory error: the largest batch size that still ran, to stay at or below.
     oom_ceiling: int | None = None
+
+
+def _encoded(api: ApiSpec, outcome: Any) -> Any:
+    """An item's JSON bytes, or its Failure."""
+    if isinstance(outcome, Failure):
+        return outcome
+    try:
+        return encode(outcome)
+    except TypeError as exc:
+        return Failure("TypeError", f"its result is not JSON: {exc}")
 
 
 class BatchShapeError(Exception):
@@ -80,7 +91,10 @@ class Replica:
         state: dict[str, Any] = {"exec_s": 0.0, "oom": None, "ran": []}
         with self._current_device():
             self._run_range(api, items, 0, len(items), outcomes, state)
-        return BatchResult(outcomes, state["exec_s"], _ceiling(state["oom"], state["ran"]))
+            # Encoded here, beside the model: a tensor's copy to the host never
+            # runs on the event loop, and never crosses a process boundary.
+            encoded = [_encoded(api, outcome) for outcome in outcomes]
+        return BatchResult(encoded, state["exec_s"], _ceiling(state["oom"], state["ran"]))
 
     def _call(self, api: ApiSpec, items: Sequence[dict[str, Any]]) -> list[Any]:
         method = getattr(self.instance, api.method_name)

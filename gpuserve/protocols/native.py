@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from gpuserve.batching import ItemFailed, Refused
-from gpuserve.codecs import ArgumentDecoder, BadRequest, encode
+from gpuserve.codecs import ArgumentDecoder, BadRequest
 from gpuserve.service import ApiSpec
 
 if TYPE_CHECKING:
@@ -71,16 +71,12 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the item if it has not started.
         try:
-            result = await future
+            payload = await future  # JSON bytes, encoded in the executor
         except ItemFailed as exc:
-            return json_error(500, f"{name!r} raised {exc}", type=exc.failure.type)
+            return json_error(500, f"{name!r} failed: {exc}", type=exc.failure.type)
         except Refused as exc:
             retry = exc.retry_after if exc.status == 503 else None
             return json_error(exc.status, str(exc), retry_after=retry, reason=exc.reason)
-        try:
-            payload = encode(result)
-        except TypeError as exc:
-            return json_error(500, f"{name!r} returned a value that is not JSON: {exc}", type="TypeError")
         return web.Response(body=payload, content_type="application/json")
 
     return handle
