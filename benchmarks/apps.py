@@ -1,0 +1,59 @@
+"""The services gpuserve serves in the benchmarks: an echo and the example MLP.
+
+Each comes with and without batching. The MLP is the example classifier's own
+model and forward pass (`examples/classifier/model.py`), loaded from its file
+so that the baseline server runs exactly the same code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import gpuserve
+
+EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "classifier" / "model.py"
+MAX_BATCH = 64  # the example classifier's own max_batch_size
+# Every workload posts the same body: one example row.
+BODY = b'{"x": [0.5, -1.2, 3.3, 0.0, 2.1, -0.7, 1.5, 0.9]}'
+
+
+def example_model() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("classifier_model", EXAMPLE_MODEL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@gpuserve.service(backend="cpu")
+class Echo:
+    """What the front end alone costs: the value comes back untouched."""
+
+    @gpuserve.api
+    def echo(self, x: Any) -> Any:
+        return x
+
+    @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
+    def echo_batched(self, x: list[Any]) -> list[Any]:
+        return x
+
+
+@gpuserve.service(resources={"gpu": 1})
+class Mlp:
+    """The example classifier, one request per call and batched."""
+
+    def __init__(self) -> None:
+        self.code = example_model()
+        self.device = gpuserve.context().device
+        self.model = self.code.build_model().to(self.device)
+
+    @gpuserve.api
+    def predict(self, x: list[float]) -> dict:
+        return self.code.predict(self.model, [x], self.device)[0]
+
+    @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
+    def predict_batched(self, x: list[list[float]]) -> list[dict]:
+        return self.code.predict(self.model, x, self.device)

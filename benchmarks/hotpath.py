@@ -1,0 +1,218 @@
+"""Scenario `hotpath`: what each step of a request costs, in-process, without the network.
+
+The request path is HTTP -> codecs.ArgumentDecoder -> Batcher.submit -> pool
+-> executor -> codecs.encode -> HTTP. Each piece is timed alone on the event
+loop the server uses, driven by 1 and by 64 concurrent clients:
+
+- the codecs on the benchmark body;
+- the whole gpuserve route handler (decode, submit, batch, encode, response)
+  beside the raw aiohttp echo handler, both fed ready-made requests: the
+  difference is what gpuserve adds per request on the event loop;
+- the Batcher with the replica run on the loop itself (what is left is the
+  batcher's own work and a trivial echo), with the real thread executor, and
+  the hand-written baseline batcher with its thread, for comparison;
+- floors: a bare asyncio future round trip and a bare `run_in_executor` hop.
+
+Figures are the best of a few repeats: neighbours only ever make things slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import make_mocked_request
+
+from gpuserve.batching import Batcher
+from gpuserve.codecs import ArgumentDecoder, encode
+from gpuserve.deployment import Deployment, prepare
+from gpuserve.executors import Executor, ThreadExecutor
+from gpuserve.executors.replica import BatchResult
+from gpuserve.pool import DevicePool
+from gpuserve.protocols.native import add_native_routes
+from gpuserve.server import ServerState
+from gpuserve.service import spec_of
+from gpuserve.settings import Settings
+
+from benchmarks import baseline
+from benchmarks.apps import BODY, Echo
+from benchmarks.config import RunConfig
+
+REPEATS = 3
+CLIENTS = (1, 64)
+API = "echo_batched"
+TIMEOUT_S = 60.0  # what the server passes by default: every item carries a deadline timer
+MLP_RESULT = {"label": 1, "probabilities": [0.17737442255020142, 0.6300849318504333, 0.1925407350063324]}
+ON_LOOP = "replica on the loop, no thread hop"
+BATCHER_STEP = f"Batcher + {ON_LOOP}"  # the batcher-overhead target is read from this row
+
+
+class InlineExecutor(ThreadExecutor):
+    """The thread executor without its thread: the replica builds and runs on the event loop.
+
+    What is left to time is the batcher's own work and the (trivial) replica
+    call, with no hop between threads.
+    """
+
+    async def start(self) -> None:
+        self._replica.build()
+
+    async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
+        return self._replica.run(api_name, items)
+
+
+def _best_us(call: Callable[[], Any], count: int) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for _ in range(count):
+            call()
+        best = min(best, time.perf_counter() - start)
+    return best / count * 1e6
+
+
+async def _per_item(call: Callable[[], Awaitable[Any]], clients: int, items: int) -> float:
+    """Best microseconds per item, `clients` coroutines each awaiting `call()` in turn."""
+    each = max(1, items // clients)
+    best = float("inf")
+
+    async def client() -> None:
+        for _ in range(each):
+            await call()
+
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        best = min(best, time.perf_counter() - start)
+    return best / (each * clients) * 1e6
+
+
+def _rows(step: str, values: dict[int, float]) -> list[dict[str, Any]]:
+    return [{"step": step, "clients": clients, "us_per_item": us} for clients, us in values.items()]
+
+
+class _Protocol:
+    """Just enough of a connection for a request body to be read (a Mock would be timed too)."""
+
+    _reading_paused = False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
+async def _request(path: str) -> web.Request:
+    """A POST of the benchmark body, read once: handlers' reads then return it at once.
+
+    One request object serves every call, so building requests (slow in
+    aiohttp's test helpers) is never timed; both handlers read the same way.
+    """
+    payload = StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    payload.feed_data(BODY)
+    payload.feed_eof()
+    request = make_mocked_request("POST", path, headers={"Content-Type": "application/json"}, payload=payload)
+    await request.read()
+    return request
+
+
+async def _handler_rows(step: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                        items: int) -> list[dict[str, Any]]:
+    request = await _request("/" + API)
+    return _rows(step, {c: await _per_item(lambda: handler(request), c, items) for c in CLIENTS})
+
+
+async def _served(deployment: Deployment, executors: list[Executor], label: str, items: int) -> list[dict[str, Any]]:
+    """The gpuserve route handler, and the batcher under it, over `executors`."""
+    pool = DevicePool(executors)
+    await pool.start()
+    batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=max(CLIENTS) * 4)
+    app = web.Application()
+    add_native_routes(app, ServerState(deployment, pool, batcher))
+    handler = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
+    dispatcher = asyncio.create_task(batcher.run())
+    kwargs = orjson.loads(BODY)
+    try:
+        rows = await _handler_rows(f"gpuserve handler + {label}", handler, items)
+        values = {c: await _per_item(lambda: batcher.submit(API, kwargs, TIMEOUT_S), c, items) for c in CLIENTS}
+        rows += _rows(f"Batcher + {label}", values)
+    finally:
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, return_exceptions=True)
+        await pool.stop()
+    return rows
+
+
+async def _floors(items: int) -> list[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+
+    def resolved_soon() -> asyncio.Future[Any]:
+        future = loop.create_future()
+        loop.call_soon(future.set_result, None)
+        return future
+
+    rows = _rows("asyncio future round trip (floor)", {c: await _per_item(resolved_soon, c, items) for c in CLIENTS})
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        hop = {c: await _per_item(lambda: loop.run_in_executor(thread, int), c, items // 4) for c in CLIENTS}
+        rows += _rows("run_in_executor round trip (floor)", hop)
+        mini = baseline.MiniBatcher(lambda xs: xs, thread)
+        task = asyncio.create_task(mini.run())
+        try:
+            # Alone, every item waits out the 5 ms timer: a few make the point.
+            values = {c: await _per_item(lambda: mini.submit(1), c, 50 if c == 1 else items // 4) for c in CLIENTS}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        rows += _rows("baseline MiniBatcher + its thread", values)
+    return rows
+
+
+async def _async_rows(items: int) -> list[dict[str, Any]]:
+    rows = await _floors(items)
+    rows += await _handler_rows("raw aiohttp echo handler", baseline.echo, items)
+    deployment = prepare(spec_of(Echo), Settings(), dict(os.environ))
+    inline = InlineExecutor(deployment.spec, deployment.backend, deployment.placements()[0])
+    rows += await _served(deployment, [inline], ON_LOOP, items)
+    rows += await _served(deployment, deployment.executors(), "thread executor", items // 4)
+    return rows
+
+
+def steps(config: RunConfig) -> int:
+    return 2
+
+
+def run(config: RunConfig, progress: Callable[[int], None]) -> list[dict[str, Any]]:
+    items = 1_000 if config.quick else 8_000
+    decode = ArgumentDecoder(spec_of(Echo).apis[API])
+    echo_result = orjson.loads(BODY)["x"]
+    rows = [
+        {"step": "codecs.ArgumentDecoder (benchmark body)", "clients": None,
+         "us_per_item": _best_us(lambda: decode(BODY), items * 4)},
+        {"step": "codecs.encode (echo result)", "clients": None,
+         "us_per_item": _best_us(lambda: encode(echo_result), items * 4)},
+        {"step": "codecs.encode (MLP result)", "clients": None,
+         "us_per_item": _best_us(lambda: encode(MLP_RESULT), items * 4)},
+    ]
+    progress(1)
+    loop = baseline.event_loop()
+    try:
+        rows += loop.run_until_complete(_async_rows(items))
+    finally:
+        loop.close()
+    progress(1)
+    floors = {r["clients"]: r["us_per_item"] for r in rows if r["step"].startswith("asyncio future")}
+    raw = {r["clients"]: r["us_per_item"] for r in rows if r["step"] == "raw aiohttp echo handler"}
+    for row in rows:
+        if row["step"].startswith("Batcher"):
+            row["overhead_us_per_item"] = row["us_per_item"] - floors[row["clients"]]
+        elif row["step"].startswith("gpuserve handler"):
+            row["overhead_us_per_item"] = row["us_per_item"] - raw[row["clients"]]
+    return rows

@@ -1,0 +1,290 @@
+"""Turn a run's figures into ratios, target checks, PNG plots and a summary table."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.serve import BASELINE_OF  # noqa: E402
+
+TARGET_CONCURRENCY = 64
+from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
+
+
+# -- ratios and targets ----------------------------------------------------------------
+def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each gpuserve point beside the baseline point of the same workload and concurrency."""
+    floor = {(r["workload"], r["concurrency"]): r for r in _rows(results, "baseline")}
+    out = []
+    for row in _rows(results, "serve"):
+        base = floor.get((BASELINE_OF[row["workload"]], row["concurrency"]))
+        if base is None:
+            continue
+        out.append({
+            "workload": row["workload"],
+            "baseline": BASELINE_OF[row["workload"]],
+            "concurrency": row["concurrency"],
+            "rps": row["rps"],
+            "baseline_rps": base["rps"],
+            "rps_ratio": _paired_ratio(row, base),
+            "p50_ms": row["p50_ms"],
+            "p99_ms": row["p99_ms"],
+            "baseline_p50_ms": base["p50_ms"],
+            "baseline_p99_ms": base["p99_ms"],
+            "cpu_us_per_request": row["cpu_us_per_request"],
+            "baseline_cpu_us_per_request": base["cpu_us_per_request"],
+            "loop_cpu_us_per_request": row["loop_cpu_us_per_request"],
+            "baseline_loop_cpu_us_per_request": base["loop_cpu_us_per_request"],
+            "errors": row["errors"],
+            "baseline_errors": base["errors"],
+        })
+    return out
+
+
+def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The front end's speed targets, each with the figure reached and whether it is met."""
+    at = {(r["workload"], r["concurrency"]): r for r in compared}
+    serve = {(r["workload"], r["concurrency"]): r for r in _rows(results, "serve")}
+    checks = []
+    for workload in ("echo", "echo_batched"):
+        row = at.get((workload, TARGET_CONCURRENCY))
+        checks.append(_check(f"{workload} req/s / raw aiohttp echo req/s, {TARGET_CONCURRENCY} clients",
+                             row and row["rps_ratio"], ">=", 0.9))
+    row = at.get(("mlp_batched", TARGET_CONCURRENCY))
+    checks.append(_check(f"batched MLP req/s / hand-written batcher req/s, {TARGET_CONCURRENCY} clients",
+                         row and row["rps_ratio"], ">=", 1.0))
+    row = serve.get(("mlp_batched", TARGET_CONCURRENCY))
+    checks.append(_check(f"batched MLP p99 / p50, {TARGET_CONCURRENCY} clients",
+                         row and _ratio(row["p99_ms"], row["p50_ms"]), "<=", 2.0))
+    hot = [r for r in results.get("hotpath") or [] if isinstance(r, dict) and r.get("step") == BATCHER_STEP]
+    value = max((r["overhead_us_per_item"] for r in hot if r["clients"] == TARGET_CONCURRENCY), default=None)
+    checks.append(_check(f"batcher overhead per item, in-process, {TARGET_CONCURRENCY} clients (us)",
+                         value, "<=", 20.0))
+    return checks
+
+
+def _check(name: str, value: float | None, op: str, limit: float) -> dict[str, Any]:
+    met = None if value is None else (value >= limit if op == ">=" else value <= limit)
+    return {"target": name, "value": value, "op": op, "limit": limit, "met": met}
+
+
+def _paired_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """Median of round-by-round ratios: each round's two figures were taken seconds apart,
+    so a neighbour's burst of load falls on both; falls back to the ratio of medians."""
+    pairs = [_ratio(a["rps"], b["rps"]) for a, b in zip(row["rounds"], base["rounds"])]
+    if pairs and len(row["rounds"]) == len(base["rounds"]) and None not in pairs:
+        return statistics.median(pairs)  # type: ignore[type-var]
+    return _ratio(row["rps"], base["rps"])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _rows(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    rows = results.get(key)
+    return rows if isinstance(rows, list) else []
+
+
+# -- files -----------------------------------------------------------------------------
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def plots(run_dir: Path, results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list[str]:
+    """Every plot the figures allow; returns the file names written."""
+    written = []
+    device = results.get("device")
+    if isinstance(device, dict) and device.get("points"):
+        written.append(_device_plot(run_dir / "device_throughput.png", device["points"], "items_per_s", "items/s"))
+        written.append(_device_plot(run_dir / "device_memory.png", device["points"], "memory_bytes", "memory (MiB)",
+                                    scale=2**-20))
+    if _rows(results, "serve") or _rows(results, "baseline"):
+        written.append(_serve_plot(run_dir / "serve_latency.png", results, latency=True))
+        written.append(_serve_plot(run_dir / "serve_throughput.png", results, latency=False))
+    if compared:
+        written.append(_ratio_plot(run_dir / "gpuserve_vs_baseline.png", compared))
+    if _rows(results, "scaling"):
+        written.append(_scaling_plot(run_dir / "scaling.png", _rows(results, "scaling")))
+    return written
+
+
+def _device_plot(path: Path, points: list[dict[str, Any]], key: str, label: str, scale: float = 1.0) -> str:
+    models = sorted({p["model"] for p in points})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for p in points:
+            if p["model"] == model and p[key] is not None:
+                lines[f"{p['backend']} {p['device']} ({p['memory_kind']})" if key == "memory_bytes"
+                      else f"{p['backend']} {p['device']}"].append((p["batch_size"], p[key] * scale))
+        for name, xy in sorted(lines.items()):
+            xs, ys = zip(*sorted(xy))
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.set(yscale="log", xlabel="batch size", ylabel=label, title=f"{model}: {label} vs batch size")
+        _log2_ticks(ax, sorted({p["batch_size"] for p in points}))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _serve_plot(path: Path, results: dict[str, Any], latency: bool) -> str:
+    # One panel per gpuserve workload, its baseline beside it (or per baseline workload alone).
+    workloads = sorted({r["workload"] for r in _rows(results, "serve")} or {r["workload"] for r in _rows(results, "baseline")})
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.5 * len(workloads), 4.2), squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        for side, colour in (("serve", "tab:blue"), ("baseline", "tab:orange")):
+            wanted = workload if side == "serve" else BASELINE_OF.get(workload, workload)
+            rows = sorted((r for r in _rows(results, side) if r["workload"] == wanted), key=lambda r: r["concurrency"])
+            if not rows:
+                continue
+            xs = [r["concurrency"] for r in rows]
+            name = "gpuserve" if side == "serve" else f"raw aiohttp ({wanted})"
+            if latency:
+                ax.plot(xs, [r["p50_ms"] for r in rows], marker="o", color=colour, label=f"{name} p50")
+                ax.plot(xs, [r["p99_ms"] for r in rows], marker="^", ls="--", color=colour, label=f"{name} p99")
+            else:
+                ax.plot(xs, [r["rps"] for r in rows], marker="o", color=colour, label=name)
+        ax.set(xlabel="concurrent clients", title=workload, ylabel="latency (ms)" if latency else "requests/s")
+        _log2_ticks(ax, sorted({r["concurrency"] for side in ("serve", "baseline") for r in _rows(results, side)}))
+        if latency:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("latency vs concurrency" if latency else "throughput vs concurrency")
+    return _save(fig, path)
+
+
+def _ratio_plot(path: Path, compared: Sequence[dict[str, Any]]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_workload: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in compared:
+        if r["rps_ratio"] is not None:
+            by_workload[r["workload"]].append((r["concurrency"], r["rps_ratio"]))
+    for workload, xy in sorted(by_workload.items()):
+        xs, ys = zip(*sorted(xy))
+        ax.plot(xs, ys, marker="o", label=f"{workload} / baseline {BASELINE_OF[workload]}")
+    ax.axhline(1.0, color="grey", lw=1)
+    ax.axhline(0.9, color="grey", lw=1, ls=":")
+    ax.set(yscale="log", xlabel="concurrent clients", ylabel="gpuserve req/s ÷ baseline req/s",
+           title="gpuserve against raw aiohttp (same run)")
+    values = [r["rps_ratio"] for r in compared if r["rps_ratio"]]
+    if values:
+        low, high = min(values + [0.9]) / 1.5, max(values + [1.0]) * 1.5
+        ax.set_yticks([t for t in (0.05, 0.1, 0.2, 0.5, 0.9, 1, 2, 5, 10, 20, 50) if low <= t <= high])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    _log2_ticks(ax, sorted({r["concurrency"] for r in compared}))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _scaling_plot(path: Path, rows: list[dict[str, Any]]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    rows = sorted(rows, key=lambda r: r["executors"])
+    ax.plot([r["executors"] for r in rows], [r["rps"] for r in rows], marker="o")
+    ax.set(xlabel=f"executors ({rows[0]['layout']})", ylabel="requests/s",
+           title=f"batched MLP, {rows[0]['concurrency']} clients: throughput vs executors")
+    ax.set_xticks([r["executors"] for r in rows])
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def _log2_ticks(ax: Any, values: Sequence[int]) -> None:
+    """A log2 x axis labelled with the values measured (1, 16, 64, 256), not powers of ten."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(values))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+# -- the table -----------------------------------------------------------------------------
+def summary(document: dict[str, Any]) -> str:
+    results = document["results"]
+    parts = []
+    compared = document.get("ratios") or []
+    if compared:
+        parts.append("gpuserve vs raw aiohttp, same run: req/s and latency are medians of rounds, ratio the median "
+                     "of round-by-round ratios;\nCPU = server CPU us per request, loop = its event-loop thread's share")
+        parts.append(_table(
+            ["workload", "clients", "req/s", "base req/s", "ratio", "p50 ms", "p99 ms", "base p50", "base p99",
+             "CPU us", "base CPU", "loop us", "base loop", "errors"],
+            [[r["workload"], r["concurrency"], r["rps"], r["baseline_rps"], r["rps_ratio"], r["p50_ms"], r["p99_ms"],
+              r["baseline_p50_ms"], r["baseline_p99_ms"], r["cpu_us_per_request"], r["baseline_cpu_us_per_request"],
+              r["loop_cpu_us_per_request"], r["baseline_loop_cpu_us_per_request"], r["errors"] + r["baseline_errors"]]
+             for r in compared],
+        ))
+    elif _rows(results, "serve") or _rows(results, "baseline"):
+        rows = [[side, r["workload"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["cpu_us_per_request"],
+                 r["errors"]] for side in ("serve", "baseline") for r in _rows(results, side)]
+        parts.append(_table(["side", "workload", "clients", "req/s", "p50 ms", "p99 ms", "CPU us/req", "errors"], rows))
+    device = results.get("device")
+    if isinstance(device, dict) and device.get("points"):
+        best: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for p in device["points"]:
+            key = (p["backend"], p["device"], p["model"])
+            if key not in best or p["items_per_s"] > best[key]["items_per_s"]:
+                best[key] = p
+        parts.append("device: best throughput per backend, device and model")
+        parts.append(_table(["backend", "device", "model", "items/s", "at batch", "batch ms"],
+                            [[*k, p["items_per_s"], p["batch_size"], p["batch_ms"]] for k, p in sorted(best.items())]))
+    if _rows(results, "scaling"):
+        parts.append("scaling: batched MLP")
+        parts.append(_table(["executors", "layout", "clients", "req/s", "p50 ms", "p99 ms", "mean batch"],
+                            [[r["executors"], r["layout"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"],
+                              r["mean_batch"]] for r in _rows(results, "scaling")]))
+    if _rows(results, "hotpath"):
+        parts.append("hot path, in-process (best of repeats)")
+        parts.append(_table(["step", "clients", "us/item", "over floor"],
+                            [[r["step"], r["clients"] or "", r["us_per_item"], r.get("overhead_us_per_item", "")]
+                             for r in _rows(results, "hotpath")]))
+    checks = document.get("targets") or []
+    if checks:
+        parts.append("targets")
+        parts.append(_table(["target", "reached", "limit", "met"],
+                            [[c["target"], c["value"], f"{c['op']} {c['limit']:g}",
+                              {True: "yes", False: "NO", None: "not measured"}[c["met"]]] for c in checks]))
+    for scenario, value in results.items():
+        if isinstance(value, dict) and "error" in value:
+            parts.append(f"{scenario}: FAILED: {value['error']}")
+    return "\n\n".join(parts)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(",", "").replace(".", "", 1).lstrip("-").isdigit()

@@ -1,0 +1,157 @@
+"""Scenarios `serve` and `baseline`: requests/s and latency over HTTP, gpuserve beside raw aiohttp.
+
+Every server runs at once, idle until its turn; for each concurrency the
+targets take turns, round after round, so that whatever else the machine is
+doing falls on gpuserve and on its baseline alike. Besides requests/s and
+latency each point records the server's own CPU time per request (from
+/proc), which a busy neighbour disturbs far less than throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from benchmarks import loadgen
+from benchmarks.apps import BODY
+from benchmarks.config import RunConfig
+from benchmarks.servers import Server, baseline_command, gpuserve_command, running
+
+
+@attrs.frozen
+class Target:
+    side: str  # "gpuserve" or "baseline"
+    workload: str  # "echo", "echo_batched", "mlp", "mlp_batched"
+    server: str
+    path: str
+
+
+GPUSERVE = (
+    Target("gpuserve", "echo", "gpuserve-echo", "/echo"),
+    Target("gpuserve", "echo_batched", "gpuserve-echo", "/echo_batched"),
+    Target("gpuserve", "mlp", "gpuserve-mlp", "/predict"),
+    Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched"),
+)
+BASELINE = (
+    Target("baseline", "echo", "baseline", "/echo"),
+    Target("baseline", "mlp", "baseline", "/predict"),
+    Target("baseline", "mlp_batched", "baseline", "/predict_batched"),
+)
+# The baseline workload each gpuserve workload is compared with.
+BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "mlp": "mlp", "mlp_batched": "mlp_batched"}
+COMMANDS = {
+    "gpuserve-echo": gpuserve_command("benchmarks.apps:Echo"),
+    "gpuserve-mlp": gpuserve_command("benchmarks.apps:Mlp"),
+    "baseline": baseline_command(),
+}
+
+
+def targets(config: RunConfig) -> list[Target]:
+    """The targets in measuring order: each gpuserve workload next to its baseline."""
+    ours = list(GPUSERVE) if "serve" in config.scenarios else []
+    floor = {t.workload: t for t in BASELINE} if "baseline" in config.scenarios else {}
+    ordered: list[Target] = []
+    for target in ours:
+        ordered.append(target)
+        base = floor.pop(BASELINE_OF[target.workload], None)
+        if base is not None:
+            ordered.append(base)
+    return ordered + list(floor.values())
+
+
+def steps(config: RunConfig) -> int:
+    return len(targets(config)) * len(config.concurrency) * (config.rounds + (config.warmup_s > 0))
+
+
+def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> dict[str, list[dict[str, Any]]]:
+    chosen = targets(config)
+    tool = loadgen.choose_tool(config.loadgen)
+    needed = sorted({t.server for t in chosen})
+    rounds: dict[tuple[Target, int], list[dict[str, Any]]] = {}
+    with running([(name, COMMANDS[name]) for name in needed], log_dir) as servers:
+        for target in chosen:
+            check(servers[target.server], target)
+        for concurrency in config.concurrency:
+            if config.warmup_s > 0:
+                for target in chosen:
+                    loadgen.measure(tool, servers[target.server].url + target.path, BODY, concurrency, config.warmup_s)
+                    progress(1)
+            for _ in range(config.rounds):
+                for target in chosen:
+                    point = measure(tool, servers[target.server], target, concurrency, config.round_s)
+                    rounds.setdefault((target, concurrency), []).append(point)
+                    progress(1)
+    results: dict[str, list[dict[str, Any]]] = {"serve": [], "baseline": []}
+    for (target, concurrency), measured in rounds.items():
+        side = "serve" if target.side == "gpuserve" else "baseline"
+        results[side].append(summarise(target, concurrency, measured))
+    return results
+
+
+def check(server: Server, target: Target) -> None:
+    """One request first: a benchmark of error answers would be worthless."""
+    request = urllib.request.Request(server.url + target.path, data=BODY, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        json.loads(answer.read())
+
+
+def measure(tool: str, server: Server, target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
+    batches_before = batch_sizes(server, target)
+    cpu_before = server.cpu_seconds()
+    load = loadgen.measure(tool, server.url + target.path, BODY, concurrency, seconds)
+    cpu_after = server.cpu_seconds()
+    point = attrs.asdict(load)
+    known = cpu_before is not None and cpu_after is not None
+    point["cpu_s"] = cpu_after[0] - cpu_before[0] if known else None
+    point["loop_cpu_s"] = cpu_after[1] - cpu_before[1] if known else None
+    point["batches"] = _difference(batch_sizes(server, target), batches_before)
+    return point
+
+
+def batch_sizes(server: Server, target: Target) -> Counter[int]:
+    """gpuserve's own count of batches by size, from `/stats` (empty for the baseline)."""
+    if target.side != "gpuserve":
+        return Counter()
+    with urllib.request.urlopen(server.url + "/stats", timeout=10) as answer:
+        stats = json.loads(answer.read())
+    sizes = stats.get(target.path.lstrip("/"), {}).get("batch_sizes", {})
+    return Counter({int(size): count for size, count in sizes.items()})
+
+
+def _difference(after: Counter[int], before: Counter[int]) -> Counter[int]:
+    after.subtract(before)
+    return +after
+
+
+def summarise(target: Target, concurrency: int, measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds; CPU per request and mean batch over all of them."""
+    ok = sum(p["rps"] * p["duration_s"] for p in measured)
+    cpu = [p["cpu_s"] for p in measured]
+    loop_cpu = [p["loop_cpu_s"] for p in measured]
+    batches: Counter[int] = sum((p["batches"] for p in measured), Counter())
+    return {
+        "workload": target.workload,
+        "path": target.path,
+        "concurrency": concurrency,
+        "tool": measured[0]["tool"],
+        "rps": statistics.median(p["rps"] for p in measured),
+        "p50_ms": statistics.median(p["p50_ms"] for p in measured),
+        "p90_ms": statistics.median(p["p90_ms"] for p in measured),
+        "p99_ms": statistics.median(p["p99_ms"] for p in measured),
+        "mean_ms": statistics.median(p["mean_ms"] for p in measured),
+        "requests": sum(p["requests"] for p in measured),
+        "errors": sum(p["errors"] for p in measured),
+        "cpu_us_per_request": sum(cpu) / ok * 1e6 if ok and None not in cpu else None,
+        "loop_cpu_us_per_request": sum(loop_cpu) / ok * 1e6 if ok and None not in loop_cpu else None,
+        "mean_batch": sum(s * n for s, n in batches.items()) / sum(batches.values()) if batches else None,
+        "rounds": [
+            {k: p[k] for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "errors", "duration_s", "cpu_s", "loop_cpu_s")} for p in measured
+        ],
+    }

@@ -1,0 +1,155 @@
+"""The benchmark suite's own logic on tiny sizes: it runs, writes the documented JSON, draws the plots.
+
+No test here asserts a speed: these sizes say nothing about one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `benchmarks` runs from the repository root; it is not installed
+
+from benchmarks import loadgen, report  # noqa: E402
+from benchmarks.__main__ import SCHEMA  # noqa: E402
+from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TOP_KEYS = {"schema", "started", "finished", "command", "config", "cpu_only", "environment", "results",
+            "ratios", "targets", "plots"}
+ENVIRONMENT_KEYS = {"machine", "cpu", "gpus", "gpu_source", "no_gpu_reason", "cuda_visible_devices", "driver",
+                    "event_loop", "loadgen", "packages", "git"}
+SERVE_KEYS = {"workload", "path", "concurrency", "tool", "rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "requests",
+              "errors", "cpu_us_per_request", "loop_cpu_us_per_request", "mean_batch", "rounds"}
+DEVICE_KEYS = {"backend", "version", "device", "device_name", "model", "batch_size", "iterations", "batch_ms",
+               "items_per_s", "memory_bytes", "memory_kind", "timing"}
+
+
+def _png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG
+
+
+def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--duration", "0.3", "--concurrency", "1,4",
+         "--backends", "numpy", "--loadgen", "python", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    first_lines = done.stdout.splitlines()[:2]
+    assert any(line.startswith(("NO GPU", "GPUs:")) for line in first_lines), done.stdout
+    assert "targets" in done.stdout
+
+    (run_dir,) = tmp_path.iterdir()
+    document = json.loads((run_dir / "results.json").read_text())
+    assert TOP_KEYS <= document.keys()
+    assert document["schema"] == SCHEMA
+    assert ENVIRONMENT_KEYS <= document["environment"].keys()
+    assert document["environment"]["git"]["commit"]
+    assert document["cpu_only"] == (not document["environment"]["gpus"])
+
+    results = document["results"]
+    assert {"device", "serve", "baseline", "scaling", "hotpath"} <= results.keys()
+    assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
+    assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
+    for side, workloads in (("serve", {"echo", "echo_batched", "mlp", "mlp_batched"}),
+                            ("baseline", {"echo", "mlp", "mlp_batched"})):
+        rows = results[side]
+        assert {r["workload"] for r in rows} == workloads
+        assert {r["concurrency"] for r in rows} == {1, 4}
+        assert all(SERVE_KEYS <= r.keys() and r["rps"] > 0 and r["errors"] == 0 for r in rows)
+    assert [r["executors"] for r in results["scaling"]] == [1, 2]
+    assert any(r["step"].startswith("Batcher") for r in results["hotpath"])
+
+    assert len(document["ratios"]) == 4 * 2  # every gpuserve workload at every concurrency, beside its baseline
+    assert all(r["rps_ratio"] > 0 for r in document["ratios"])
+    assert len(document["targets"]) == 5
+    assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",
+                                      "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png"}
+    assert all(_png(run_dir / name) for name in document["plots"])
+
+
+def _serve_rows(side: str, rps: float) -> list[dict]:
+    return [
+        {"workload": w, "path": f"/{w}", "concurrency": 64, "tool": "python", "rps": rps, "p50_ms": 10.0,
+         "p90_ms": 15.0, "p99_ms": 19.0, "mean_ms": 11.0, "requests": 1000, "errors": 0, "cpu_us_per_request": 100.0,
+         "loop_cpu_us_per_request": 80.0, "mean_batch": None, "rounds": []}
+        for w in (("echo", "echo_batched", "mlp", "mlp_batched") if side == "serve" else ("echo", "mlp", "mlp_batched"))
+    ]
+
+
+def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
+    results = {
+        "serve": _serve_rows("serve", 950.0),
+        "baseline": _serve_rows("baseline", 1000.0),
+        "hotpath": [{"step": BATCHER_STEP, "clients": 64, "us_per_item": 12.0,
+                     "overhead_us_per_item": 11.0}],
+    }
+    compared = report.ratios(results)
+    assert {(r["workload"], r["baseline"]) for r in compared} == {
+        ("echo", "echo"), ("echo_batched", "echo"), ("mlp", "mlp"), ("mlp_batched", "mlp_batched")}
+    assert all(r["rps_ratio"] == pytest.approx(0.95) for r in compared)
+
+    checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)}
+    assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "batcher<=": True}
+
+    plots = report.plots(tmp_path, results, compared)
+    assert plots == ["serve_latency.png", "serve_throughput.png", "gpuserve_vs_baseline.png"]
+    assert all(_png(tmp_path / name) for name in plots)
+
+    table = report.summary({"results": results, "ratios": compared, "targets": report.targets(results, compared)})
+    assert "mlp_batched" in table and "NO" in table
+
+
+def test_unmeasured_targets_say_so() -> None:
+    assert all(c["met"] is None and c["value"] is None for c in report.targets({}, []))
+
+
+@pytest.fixture
+def echo_server() -> Iterator[str]:
+    """A plain aiohttp echo on a free port, in a thread of its own."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    found: dict[str, object] = {}
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read(), content_type="application/json")
+
+    async def start() -> None:
+        app = web.Application()
+        app.router.add_post("/echo", echo)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        found["runner"] = runner
+        found["port"] = runner.addresses[0][1]
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    thread.start()
+    ready.wait(10)
+    yield f"http://127.0.0.1:{found['port']}/echo"
+    asyncio.run_coroutine_threadsafe(found["runner"].cleanup(), loop).result(10)  # type: ignore[attr-defined]
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.mark.parametrize("tool", ["python", "wrk"])
+def test_load_generators_report_the_same_shape(tool: str, echo_server: str) -> None:
+    if tool == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed; the suite falls back to the Python client")
+    load = loadgen.measure(tool, echo_server, b'{"x": [1.0]}', concurrency=2, duration_s=1.0)
+    assert load.tool == tool and load.concurrency == 2
+    assert load.requests > 0 and load.errors == 0 and load.rps > 0
+    assert 0 < load.p50_ms <= load.p90_ms <= load.p99_ms
