@@ -20,8 +20,6 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-import anyio
-
 from gpuserve.errors import GpuserveError
 from gpuserve.executors.base import Executor, ExecutorDied
 from gpuserve.executors.replica import BatchResult, Failure
@@ -92,10 +90,13 @@ class _Pending:
 
 
 class _ApiQueue:
-    __slots__ = ("api", "items", "limit", "dropped", "stats", "next_probe", "last_learned")
+    __slots__ = ("api", "per_hop", "items", "limit", "dropped", "stats", "next_probe", "last_learned")
 
     def __init__(self, api: ApiSpec, limit: int, stats: ApiStats) -> None:
         self.api = api
+        # Items handed to an executor at once. An API that is not batchable is
+        # still called once per item, but a group of them shares one hop.
+        self.per_hop = api.max_batch_size if api.batchable else UNBATCHED_PER_HOP
         self.items: deque[_Pending] = deque()
         self.limit = limit
         self.dropped = 0  # items still in `items` whose future settled while queued
@@ -122,6 +123,7 @@ class _ApiQueue:
         self.dropped = 0
 
 
+UNBATCHED_PER_HOP = 16
 PROBE_INTERVAL_S = 1.0  # at most one request per interval runs against a refusing latency model
 
 
@@ -252,7 +254,7 @@ class Batcher:
 
     def _predict_wait(self, queue: _ApiQueue, now: float) -> float | None:
         """Wait for an executor, then for the full batches ahead, then this item's batch."""
-        size = queue.api.max_batch_size
+        size = queue.per_hop
         ahead = queue.depth
         own = self._fastest(queue.api, min(ahead + 1, size))
         if own is None:
@@ -263,16 +265,17 @@ class Batcher:
 
     def _retry_after(self, queue: _ApiQueue) -> float:
         """Seconds until the queue has drained, by the latency model; at least 1."""
-        full = self._fastest(queue.api, queue.api.max_batch_size)
+        full = self._fastest(queue.api, queue.per_hop)
         if full is None:
             return 1.0
-        rounds = math.ceil(queue.depth / queue.api.max_batch_size / len(self._pool))
+        rounds = math.ceil(queue.depth / queue.per_hop / len(self._pool))
         return max(1.0, math.ceil(rounds * full))
 
     # -- the dispatch side -----------------------------------------------------------
     async def run(self) -> None:
-        """Hand queued work to free executors until cancelled."""
-        async with anyio.create_task_group() as tg:
+        """Hand queued work to free executors until cancelled (then cancel what runs)."""
+        running: set[asyncio.Task[None]] = set()
+        try:
             while True:
                 await self._wait_for_work()
                 executor = await self._pool.acquire()  # after the wait: it is checked alive now
@@ -282,7 +285,15 @@ class Batcher:
                     self._pool.release(executor)
                     continue
                 self._start(executor, queue, len(batch))
-                tg.start_soon(self._execute, executor, queue, batch)
+                # Plain tasks, held in a set: a task group's start_soon costs
+                # tens of microseconds per batch on this path.
+                task = asyncio.get_running_loop().create_task(self._execute(executor, queue, batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _wait_for_work(self) -> None:
         while self._oldest() is None:
@@ -303,7 +314,9 @@ class Batcher:
     def _take(self, queue: _ApiQueue, executor: Executor) -> list[_Pending]:
         api = queue.api
         key = (api.name, executor.key)
-        ceiling = self._ceilings.get(key, api.max_batch_size)
+        ceiling = self._ceilings.get(key, queue.per_hop)
+        if not api.batchable:  # calls in a group run one after another: share them out
+            ceiling = min(ceiling, max(1, -(-queue.depth // len(self._pool))))
         model = self._models.get(key)
         now = asyncio.get_running_loop().time()
         stats = queue.stats
@@ -386,7 +399,7 @@ class Batcher:
             self._fastest_cache.clear()
             return
         # A split batch's time says little about either size: learn from the next ones.
-        ceiling = min(self._ceilings.get(key, queue.api.max_batch_size), result.oom_ceiling)
+        ceiling = min(self._ceilings.get(key, queue.per_hop), result.oom_ceiling)
         self._ceilings[key] = queue.stats.batch_ceiling[executor.key] = ceiling
         log.warning("%s ran out of memory in a batch of %d for %r; its batches are capped at %d",
                     executor.key, size, queue.api.name, ceiling)

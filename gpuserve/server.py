@@ -38,7 +38,6 @@ class ServerState:
     batcher: Batcher
     failure: str | None = None  # why building replicas (or the dispatcher) failed
     on_failure: Callable[[str], None] | None = None  # e.g. the CLI stops the server
-    stopped_cleanly: bool = True  # False when a replica was left running user code
 
     def fail(self, reason: str) -> None:
         self.failure = reason
@@ -71,7 +70,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):  # reported already
                     await task
         finally:
-            state.stopped_cleanly = await state.pool.stop()
+            if not await state.pool.stop():
+                log.warning("exiting with replica code still running (see above)")
 
 
 def _watch_dispatcher(state: ServerState, task: asyncio.Task[None]) -> None:

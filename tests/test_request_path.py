@@ -115,3 +115,17 @@ def test_a_failing_constructor_stops_the_server_with_its_error(tmp_path):
         with serve("basics:BrokenInit", log_dir=tmp_path):
             pass
     assert "weights file missing" in str(info.value)
+
+
+def test_queued_calls_of_an_unbatched_api_share_a_hop_but_run_one_by_one(basics):
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        busy = pool.submit(basics.post, "slow", {"seconds": 1.0})
+        wait_until_running(basics, "slow")
+        echoes = [pool.submit(basics.post, "echo", {"value": i}) for i in range(6)]
+        failing = pool.submit(basics.post, "fail", {"kind": "grouped"})
+        replies = [f.result() for f in echoes]
+        assert busy.result().status == 200
+    assert [r.body["value"] for r in replies] == list(range(6))  # each call got its own arguments
+    assert failing.result().status == 500 and "grouped" in failing.result().body["error"]
+    groups = basics.get("stats").body["echo"]["batch_sizes"]
+    assert max(int(size) for size in groups) > 1, groups  # several calls went over in one hop

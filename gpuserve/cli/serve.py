@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         failed.append(reason)
         os.kill(os.getpid(), signal.SIGTERM)  # run_app's own graceful shutdown
 
-    from gpuserve.server import STATE, create_app
+    from gpuserve.server import create_app
 
     app = create_app(deployment, on_failure=stop_on_failure)
     loop = _event_loop()
@@ -90,10 +90,4 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"gpuserve: {failed[0]}", file=sys.stderr)
         code = 1
-    if not app[STATE].stopped_cleanly:
-        # A replica thread is stuck in user code; Python would wait for it at exit.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     return code

@@ -90,7 +90,11 @@ class Replica:
         outcomes: list[Any] = [None] * len(items)
         state: dict[str, Any] = {"exec_s": 0.0, "oom": None, "ran": []}
         with self._current_device():
-            self._run_range(api, items, 0, len(items), outcomes, state)
+            if api.batchable:
+                self._run_range(api, items, 0, len(items), outcomes, state)
+            else:  # one call per item: grouped only to share the hop to this executor
+                for i in range(len(items)):
+                    self._run_range(api, items, i, i + 1, outcomes, state)
             # Encoded here, beside the model: a tensor's copy to the host never
             # runs on the event loop, and never crosses a process boundary.
             encoded = [_encoded(api, outcome) for outcome in outcomes]
