@@ -320,6 +320,12 @@ class Batcher:
         model = self._models.get(key)
         now = asyncio.get_running_loop().time()
         stats = queue.stats
+        if model is not None and queue.items:
+            # Items share one budget, so the oldest has the earliest deadline: when
+            # even a full batch finishes in time for it, no item needs its own check.
+            largest = model.predict(min(ceiling, queue.depth))
+            if largest is not None and now + largest <= queue.items[0].latency_deadline:
+                model = None
         batch: list[_Pending] = []
         while queue.items and len(batch) < ceiling:
             item = queue.pop()
