@@ -29,7 +29,6 @@ class DevicePool:
         self._idle: asyncio.Queue[Executor] = asyncio.Queue()
         self._replacing: set[asyncio.Task[None]] = set()  # strong references while they run
         self.ready = False
-        self.restarts = 0
 
     def __len__(self) -> int:
         return len(self.executors)
@@ -68,7 +67,6 @@ class DevicePool:
         task.add_done_callback(self._replacing.discard)
 
     async def _restart(self, executor: Executor) -> None:
-        self.restarts += 1
         delay = 0.1
         while True:
             try:
