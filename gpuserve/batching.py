@@ -3,16 +3,21 @@
 Work-conserving: whenever an executor is free and work is queued, it takes up
 to `max_batch_size` items at once; nothing waits on a timer while a device is
 idle, so batches grow by themselves under load. Each request carries a
-deadline whose timer lives here, on the event loop, apart from any executor;
-one whose client left or whose deadline passed is dropped before batching and
-never runs. `max_latency_ms` is kept by refusing, early, what a learned model
-of execution time says cannot make it.
+deadline kept here, on the event loop, apart from any executor (see
+`deadlines`); one whose client left or whose deadline passed is dropped before
+batching and never runs. `max_latency_ms` is kept by refusing, early, what a
+learned model of execution time says cannot make it.
+
+Per request the batcher does a few comparisons, one deque append and, for the
+result, one `set_result`: no timer, no done callback. What a done callback
+would count (clients that left while queued) is counted when the item leaves
+the queue, or when the queue is swept: before `stats` are read, and when it
+looks full.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
@@ -20,6 +25,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from gpuserve.deadlines import Deadlines
 from gpuserve.errors import GpuserveError
 from gpuserve.executors.base import Executor, ExecutorDied
 from gpuserve.executors.replica import BatchResult, Failure
@@ -71,60 +77,77 @@ class ItemFailed(GpuserveError):
         self.failure = failure
 
 
-# Where a pending item is. Its future may settle (deadline, client gone) at any
-# time; these states let the queue count live items without searching it.
-_QUEUED, _TAKEN, _DROPPED, _GONE = range(4)
+# Where a pending item is: waiting in its queue, taken into a batch, or
+# expired while it waited (still in the queue until it is popped or swept).
+_QUEUED, _TAKEN, _EXPIRED = range(3)
 
 
 class _Pending:
-    __slots__ = ("kwargs", "future", "enqueued", "latency_deadline", "timer", "state", "probe")
+    __slots__ = ("kwargs", "future", "queue", "enqueued", "latency_deadline", "expires", "timeout", "state", "probe")
 
-    def __init__(self, kwargs: dict[str, Any], future: asyncio.Future[Any], now: float, budget_s: float) -> None:
+    def __init__(self, kwargs: dict[str, Any], future: asyncio.Future[Any], queue: _ApiQueue, now: float) -> None:
         self.kwargs = kwargs
         self.future = future
+        self.queue = queue
         self.enqueued = now
-        self.latency_deadline = now + budget_s
-        self.timer: asyncio.TimerHandle | None = None
+        self.latency_deadline = now + queue.budget_s
+        self.expires = math.inf
+        self.timeout = math.inf
         self.state = _QUEUED
         self.probe = False  # admitted despite the latency model, to refresh its evidence
 
 
 class _ApiQueue:
-    __slots__ = ("api", "per_hop", "items", "limit", "dropped", "stats", "next_probe", "last_learned")
+    __slots__ = ("api", "per_hop", "budget_s", "items", "limit", "expired", "stats", "next_probe",
+                 "last_learned", "admit_below", "swept")
 
     def __init__(self, api: ApiSpec, limit: int, stats: ApiStats) -> None:
         self.api = api
         # Items handed to an executor at once. An API that is not batchable is
         # still called once per item, but a group of them shares one hop.
         self.per_hop = api.max_batch_size if api.batchable else UNBATCHED_PER_HOP
+        self.budget_s = api.max_latency_ms / 1000
         self.items: deque[_Pending] = deque()
         self.limit = limit
-        self.dropped = 0  # items still in `items` whose future settled while queued
+        self.expired = 0  # items still in `items` that expired while queued
         self.stats = stats
         self.next_probe = 0.0  # loop time after which a refused request may run as a probe
         self.last_learned = 0.0  # loop time the latency model last saw a batch of this API
+        # Below this depth a new item surely fits its latency budget: no prediction needed.
+        self.admit_below = math.inf
+        self.swept = -math.inf  # loop time of the last sweep forced by a full-looking queue
         stats.queue_limit = limit
 
     @property
     def depth(self) -> int:
-        return len(self.items) - self.dropped
+        """Live items, and those whose client left but that are not popped or swept yet."""
+        return len(self.items) - self.expired
 
     def pop(self) -> _Pending:
         item = self.items.popleft()
-        if item.state == _DROPPED:
-            self.dropped -= 1
-        elif item.future.done():  # settled, its callback not run yet
-            item.state = _GONE
+        if item.state == _EXPIRED:
+            self.expired -= 1
+        elif item.future.done():  # the client left while it waited
+            self.stats.refusals["cancelled"] += 1
         return item
 
-    def compact(self) -> None:
-        """Forget the dropped items (only when the queue looks full, so rarely)."""
-        self.items = deque(item for item in self.items if item.state != _DROPPED)
-        self.dropped = 0
+    def sweep(self) -> None:
+        """Forget every settled item: the depth is then exact."""
+        live: deque[_Pending] = deque()
+        for item in self.items:
+            if item.future.done():
+                if item.state != _EXPIRED:
+                    self.stats.refusals["cancelled"] += 1
+            else:
+                live.append(item)
+        self.items = live
+        self.expired = 0
+        self.stats.queue_depth = len(live)
 
 
 UNBATCHED_PER_HOP = 16
 PROBE_INTERVAL_S = 1.0  # at most one request per interval runs against a refusing latency model
+FULL_SWEEP_INTERVAL_S = 0.01  # a queue that looks full is swept for clients that left at most this often
 
 
 def default_queue_size(api: ApiSpec, executors: int) -> int:
@@ -132,22 +155,25 @@ def default_queue_size(api: ApiSpec, executors: int) -> int:
     return max(4 * api.max_batch_size * executors, 64)
 
 
-def _why(future: asyncio.Future[Any]) -> str | None:
-    """Why a future settled on its own: the client left, or its deadline passed."""
-    if future.cancelled():
-        return "cancelled"
-    if isinstance(future.exception(), DeadlineExceeded):
-        return DeadlineExceeded.reason
-    return None
-
-
-def _expire(future: asyncio.Future[Any], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceeded(f"no answer within the {timeout:g} s deadline"))
+def _expire(item: _Pending) -> None:
+    """The item's deadline passed before it was answered (its future is pending)."""
+    item.future.set_exception(DeadlineExceeded(f"no answer within the {item.timeout:g} s deadline"))
+    queue = item.queue
+    if item.state == _QUEUED:
+        item.state = _EXPIRED
+        queue.expired += 1
+        queue.stats.refusals[DeadlineExceeded.reason] += 1
+    else:  # running: the answer, when it comes, is dropped
+        queue.stats.outcomes[DeadlineExceeded.reason] += 1
 
 
 class Batcher:
-    def __init__(self, apis: Iterable[ApiSpec], pool: DevicePool, *, queue_size: int | None = None) -> None:
+    """`timeout` is the default deadline of every request, in seconds (None: none)."""
+
+    def __init__(
+        self, apis: Iterable[ApiSpec], pool: DevicePool, *, queue_size: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self._pool = pool
         apis = list(apis)
         self.stats = Stats([api.name for api in apis])
@@ -159,6 +185,7 @@ class Batcher:
         self._fastest_cache: dict[tuple[str, int], float | None] = {}  # (api, size) -> seconds
         self._ceilings: dict[tuple[str, str], int] = {}  # lowered after out-of-memory
         self._busy: dict[str, float | None] = {}  # executor key -> predicted end of its batch
+        self._deadlines = Deadlines(timeout, _expire)
         self._work = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -169,68 +196,59 @@ class Batcher:
         """Queue one item; the future resolves to its result or raises.
 
         Raises `QueueFull` or `LatencyBudgetExceeded` at once instead of queueing
-        work that cannot be served in time. After `timeout` seconds the future
-        raises `DeadlineExceeded`, wherever the item is; cancelling the future
-        (the client left) drops the item if it has not started.
+        work that cannot be served in time. After `timeout` seconds (None: the
+        batcher's default) the future raises `DeadlineExceeded`, wherever the
+        item is; cancelling the future (the client left) drops the item if it
+        has not started.
         """
         queue = self._queues[api_name]
-        stats = queue.stats
         if not self.accepting:
-            stats.refusals[ShuttingDown.reason] += 1
+            queue.stats.refusals[ShuttingDown.reason] += 1
             raise ShuttingDown("the server is shutting down", retry_after=1)
-        if len(queue.items) >= queue.limit and queue.dropped:
-            queue.compact()
-        if queue.depth >= queue.limit:
-            stats.refusals[QueueFull.reason] += 1
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        depth = len(queue.items) - queue.expired
+        if depth >= queue.limit and now - queue.swept >= FULL_SWEEP_INTERVAL_S:
+            queue.swept = now  # clients that left still count until swept
+            queue.sweep()
+            depth = len(queue.items)
+        if depth >= queue.limit:
+            queue.stats.refusals[QueueFull.reason] += 1
             raise QueueFull(
                 f"queue of {api_name!r} is full ({queue.limit} waiting)",
                 retry_after=self._retry_after(queue),
             )
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        budget = queue.api.max_latency_ms / 1000
-        predicted = self._predict_wait(queue, now)
-        probe = False
-        if predicted is not None and predicted > budget:
-            # Refused requests never run, so a model with no fresh evidence would
-            # never learn that the device got faster: let one through now and then.
-            interval = max(budget, PROBE_INTERVAL_S)
-            probe = now - queue.last_learned >= interval and now >= queue.next_probe
-            if probe:
-                queue.next_probe = now + interval
-        if predicted is not None and predicted > budget and not probe:
-            stats.refusals[LatencyBudgetExceeded.reason] += 1
-            raise LatencyBudgetExceeded(
-                f"{api_name!r} cannot answer within max_latency_ms={queue.api.max_latency_ms:g}: "
-                f"predicted {predicted * 1000:.0f} ms with {queue.depth} queued",
-                retry_after=self._retry_after(queue),
-            )
+        probe = depth >= queue.admit_below and self._admit(queue, now)
         future = loop.create_future()
-        item = _Pending(kwargs, future, now, budget)
+        item = _Pending(kwargs, future, queue, now)
         item.probe = probe
-        if timeout is not None:
-            item.timer = loop.call_later(timeout, _expire, future, timeout)
-        future.add_done_callback(functools.partial(self._settled, queue, item))
+        deadline = self._deadlines.default_timeout if timeout is None else timeout
+        if deadline is not None:
+            item.timeout = deadline
+            item.expires = now + deadline
+            self._deadlines.track(item, loop, timeout)
         queue.items.append(item)
-        stats.queue_depth = queue.depth
         self._work.set()
         return future
 
-    @staticmethod
-    def _settled(queue: _ApiQueue, item: _Pending, future: asyncio.Future[Any]) -> None:
-        if item.timer is not None:
-            item.timer.cancel()
-        why = _why(future)
-        if item.state == _TAKEN:
-            if why:
-                queue.stats.outcomes[why] += 1
-            return
-        if why:
-            queue.stats.refusals[why] += 1
-        if item.state == _QUEUED:
-            item.state = _DROPPED
-            queue.dropped += 1
-            queue.stats.queue_depth = queue.depth
+    def _admit(self, queue: _ApiQueue, now: float) -> bool:
+        """Admit by the latency model, or raise; True when admitted only as a probe."""
+        budget = queue.budget_s
+        predicted = self._predict_wait(queue, now)
+        if predicted is None or predicted <= budget:
+            return False
+        # Refused requests never run, so a model with no fresh evidence would
+        # never learn that the device got faster: let one through now and then.
+        interval = max(budget, PROBE_INTERVAL_S)
+        if now - queue.last_learned >= interval and now >= queue.next_probe:
+            queue.next_probe = now + interval
+            return True
+        queue.stats.refusals[LatencyBudgetExceeded.reason] += 1
+        raise LatencyBudgetExceeded(
+            f"{queue.api.name!r} cannot answer within max_latency_ms={queue.api.max_latency_ms:g}: "
+            f"predicted {predicted * 1000:.0f} ms with {queue.depth} queued",
+            retry_after=self._retry_after(queue),
+        )
 
     def _fastest(self, api: ApiSpec, size: int) -> float | None:
         """Predicted seconds for a batch of `size` on the fastest device with evidence."""
@@ -294,6 +312,7 @@ class Batcher:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            self._deadlines.close()
 
     async def _wait_for_work(self) -> None:
         while self._oldest() is None:
@@ -320,20 +339,21 @@ class Batcher:
         model = self._models.get(key)
         now = asyncio.get_running_loop().time()
         stats = queue.stats
-        if model is not None and queue.items:
+        items = queue.items
+        if model is not None and items:
             # Items share one budget, so the oldest has the earliest deadline: when
             # even a full batch finishes in time for it, no item needs its own check.
             largest = model.predict(min(ceiling, queue.depth))
-            if largest is not None and now + largest <= queue.items[0].latency_deadline:
+            if largest is not None and now + largest <= items[0].latency_deadline:
                 model = None
         batch: list[_Pending] = []
-        while queue.items and len(batch) < ceiling:
+        waited = 0.0
+        while items and len(batch) < ceiling:
             item = queue.pop()
             if item.future.done():
                 continue
             predicted = model.predict(len(batch) + 1) if model and not item.probe else None
             if predicted is not None and now + predicted > item.latency_deadline:
-                item.state = _GONE
                 stats.refusals[LatencyBudgetExceeded.reason] += 1
                 item.future.set_exception(LatencyBudgetExceeded(
                     f"{api.name!r} could not start in time for max_latency_ms={api.max_latency_ms:g}: "
@@ -342,9 +362,10 @@ class Batcher:
                 ))
                 continue
             item.state = _TAKEN
-            stats.queue_time.add(now - item.enqueued)
+            waited += now - item.enqueued
             batch.append(item)
-        stats.queue_depth = queue.depth
+        if batch:  # the first item is the oldest
+            stats.queue_time.add_many(len(batch), waited, now - batch[0].enqueued)
         return batch
 
     def _start(self, executor: Executor, queue: _ApiQueue, size: int) -> None:
@@ -386,15 +407,23 @@ class Batcher:
         self._finish(executor, queue, len(batch))
         self._pool.release(executor)
         self._learn(executor, queue, len(batch), result)
+        ok = failed = left = 0
         for item, outcome in zip(batch, result.outcomes):
-            if item.future.done():  # deadline passed or client left while it ran
-                continue
-            if isinstance(outcome, Failure):
-                stats.outcomes["error"] += 1
-                item.future.set_exception(ItemFailed(outcome))
+            future = item.future
+            if future.done():  # deadline passed (counted then) or client left while it ran
+                left += future.cancelled()
+            elif isinstance(outcome, Failure):
+                failed += 1
+                future.set_exception(ItemFailed(outcome))
             else:
-                stats.outcomes["ok"] += 1
-                item.future.set_result(outcome)
+                ok += 1
+                future.set_result(outcome)
+        outcomes = stats.outcomes
+        outcomes["ok"] += ok
+        if failed:
+            outcomes["error"] += failed
+        if left:
+            outcomes["cancelled"] += left
 
     def _learn(self, executor: Executor, queue: _ApiQueue, size: int, result: BatchResult) -> None:
         key = (queue.api.name, executor.key)
@@ -403,6 +432,7 @@ class Batcher:
             self._models.setdefault(key, LatencyModel()).observe(size, result.exec_s)
             queue.last_learned = asyncio.get_running_loop().time()
             self._fastest_cache.clear()
+            self._refresh_admission()
             return
         # A split batch's time says little about either size: learn from the next ones.
         ceiling = min(self._ceilings.get(key, queue.per_hop), result.oom_ceiling)
@@ -410,26 +440,56 @@ class Batcher:
         log.warning("%s ran out of memory in a batch of %d for %r; its batches are capped at %d",
                     executor.key, size, queue.api.name, ceiling)
 
+    def _refresh_admission(self) -> None:
+        """Per queue, the depth below which `submit` admits without a prediction.
+
+        Below it, even after the longest batch any executor may be running,
+        the full batches ahead and a full batch of its own fit the budget.
+        """
+        longest = max(
+            (model.predict(self._queues[api].per_hop) or 0.0 for (api, _), model in self._models.items()),
+            default=0.0,
+        )
+        for queue in self._queues.values():
+            full = self._fastest(queue.api, queue.per_hop)
+            spare = queue.budget_s - longest - (full or 0.0)
+            if spare < 0:
+                queue.admit_below = 0
+            elif not full or spare * len(self._pool) / full > queue.limit:
+                queue.admit_below = math.inf
+            else:
+                rounds = math.floor(spare * len(self._pool) / full)  # full batches ahead that fit
+                queue.admit_below = (rounds + 1) * queue.per_hop
+
     @staticmethod
     def _fail(batch: list[_Pending], exc: Exception, stats: ApiStats, outcome: str) -> None:
         for item in batch:
             if not item.future.done():
                 stats.outcomes[outcome] += 1
                 item.future.set_exception(exc)
+            elif item.future.cancelled():
+                stats.outcomes["cancelled"] += 1
+
+    def read_stats(self) -> Stats:
+        """The serving signals, with every queue's depth made exact first."""
+        for queue in self._queues.values():
+            queue.sweep()
+        return self.stats
 
     async def drain(self, timeout: float) -> None:
         """Stop taking requests; let queued and running work finish, up to `timeout`."""
         self.accepting = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not any(q.depth for q in self._queues.values()) and self._idle.is_set():
+            for queue in self._queues.values():
+                queue.sweep()
+            if not any(q.items for q in self._queues.values()) and self._idle.is_set():
                 return
             await asyncio.sleep(0.01)
         for queue in self._queues.values():
             while queue.items:
                 item = queue.pop()
                 if not item.future.done():
-                    item.state = _GONE
                     queue.stats.refusals[ShuttingDown.reason] += 1
                     item.future.set_exception(ShuttingDown("the server shut down before this ran", retry_after=1))
             queue.stats.queue_depth = 0

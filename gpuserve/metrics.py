@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -37,8 +37,8 @@ def _batch_buckets(sizes: Mapping[int, int]) -> list[tuple[str, int]]:
 
 
 class ServingCollector:
-    def __init__(self, stats: Stats) -> None:
-        self._stats = stats
+    def __init__(self, read_stats: Callable[[], Stats]) -> None:
+        self._read_stats = read_stats  # the batcher's: queue depths made exact
 
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -61,7 +61,7 @@ class ServingCollector:
         outcomes = CounterMetricFamily(
             "gpuserve_outcomes", "Items that ran, by outcome", labels=["api", "outcome"]
         )
-        for api, s in self._stats.apis.items():
+        for api, s in self._read_stats().apis.items():
             depth.add_metric([api], s.queue_depth)
             for key, n in s.in_flight.items():
                 in_flight.add_metric([api, key], n)
@@ -122,7 +122,7 @@ def add_metrics_route(app: web.Application, state: "ServerState") -> None:
         return
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServingCollector(state.batcher.stats))
+    registry.register(ServingCollector(state.batcher.read_stats))
     planned = [d.uuid for d in state.deployment.plan.gpu_union()]
     if planned:
         registry.register(GpuCollector(planned, state.deployment.base_env))

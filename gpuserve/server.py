@@ -105,7 +105,7 @@ def _load_plugins(app: web.Application) -> None:
 def create_app(deployment: Deployment, on_failure: Callable[[str], None] | None = None) -> web.Application:
     settings = deployment.settings
     pool = DevicePool(deployment.executors())
-    batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size)
+    batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size, timeout=settings.timeout)
     app = web.Application(client_max_size=settings.max_body_size)
     app[STATE] = ServerState(deployment, pool, batcher, on_failure=on_failure)
     app.cleanup_ctx.append(_lifecycle)

@@ -28,6 +28,13 @@ class Summary:
         if value > self.max:
             self.max = value
 
+    def add_many(self, count: int, total: float, largest: float) -> None:
+        """`count` values at once, given their sum and the largest of them."""
+        self.count += count
+        self.total += total
+        if largest > self.max:
+            self.max = largest
+
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
@@ -38,7 +45,7 @@ class Summary:
 
 @attrs.define
 class ApiStats:
-    queue_depth: int = 0  # live requests waiting (not yet taken into a batch)
+    queue_depth: int = 0  # live requests waiting (not yet taken into a batch), as of the last read
     queue_limit: int = 0
     in_flight: Counter[str] = attrs.Factory(Counter)  # executor key -> items running
     batch_sizes: Counter[int] = attrs.Factory(Counter)

@@ -28,10 +28,11 @@ def json_error(status: int, message: str, *, retry_after: float | None = None, *
     )
 
 
-def _timeout(request: web.Request, default: float) -> float:
+def _timeout(request: web.Request) -> float | None:
+    """The request's own deadline in seconds; None: the server's default."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
-        return default
+        return None
     try:
         value = float(raw)
     except ValueError:
@@ -44,7 +45,6 @@ def _timeout(request: web.Request, default: float) -> float:
 def _api_handler(api: ApiSpec, state: "ServerState"):
     batcher = state.batcher
     settings = state.deployment.settings
-    default_timeout = settings.timeout
     name = api.name
     decode = ArgumentDecoder(api)
 
@@ -60,10 +60,10 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
             )
         try:
             kwargs = decode(body)
-            timeout = _timeout(request, default_timeout)
-            # The batcher keeps the deadline on the event loop, apart from the
-            # executor: a stuck device cannot make a request late.
-            future = batcher.submit(name, kwargs, timeout)
+            # The batcher keeps the deadline (this one, or the server's default)
+            # on the event loop, apart from the executor: a stuck device cannot
+            # make a request late.
+            future = batcher.submit(name, kwargs, _timeout(request))
         except BadRequest as exc:
             return json_error(400, str(exc))
         except Refused as exc:
@@ -93,7 +93,7 @@ def add_native_routes(app: web.Application, state: "ServerState") -> None:
         return json_error(503, f"not ready: {reason}", retry_after=1)
 
     async def stats(_: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(state.batcher.stats.snapshot()), content_type="application/json")
+        return web.Response(body=orjson.dumps(state.batcher.read_stats().snapshot()), content_type="application/json")
 
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
