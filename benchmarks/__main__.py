@@ -25,7 +25,7 @@ def parse(argv: Sequence[str] | None) -> RunConfig:
                    help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes: checks the plumbing, not the speed")
     p.add_argument("--duration", type=float, help="seconds of load per measured point (default 10, quick 1)")
-    p.add_argument("--rounds", type=int, help="rounds the duration is split into, targets alternating (default 3, quick 1)")
+    p.add_argument("--rounds", type=int, help="rounds the duration is split into, targets alternating (default 10, quick 1)")
     p.add_argument("--concurrency", help="comma-separated client counts (default 1,16,64,256)")
     p.add_argument("--backends", help="device scenario: comma-separated backends (default: every viable one)")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",

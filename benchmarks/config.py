@@ -16,7 +16,7 @@ QUICK_BATCH_SIZES = (1, 16, 256)
 class RunConfig:
     scenarios: tuple[str, ...] = SCENARIOS
     duration_s: float = 10.0  # load per (target, concurrency), split over `rounds`
-    rounds: int = 5  # gpuserve and baseline alternate per round, so drift hits both alike
+    rounds: int = 10  # gpuserve and baseline alternate per round, so drift hits both alike
     warmup_s: float = 1.0
     concurrency: tuple[int, ...] = CONCURRENCY
     batch_sizes: tuple[int, ...] = BATCH_SIZES

@@ -1,6 +1,6 @@
 """Scenario `hotpath`: what each step of a request costs, in-process, without the network.
 
-The request path is HTTP -> codecs.ArgumentDecoder -> Batcher.submit -> pool
+The request path is HTTP -> codecs.argument_decoder -> Batcher.submit -> pool
 -> executor -> codecs.encode -> HTTP. Each piece is timed alone on the event
 loop the server uses, driven by 1 and by 64 concurrent clients:
 
@@ -31,7 +31,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
 from gpuserve.batching import Batcher
-from gpuserve.codecs import ArgumentDecoder, encode
+from gpuserve.codecs import argument_decoder, encode
 from gpuserve.deployment import Deployment, prepare
 from gpuserve.executors import Executor, ThreadExecutor
 from gpuserve.executors.replica import BatchResult
@@ -191,10 +191,10 @@ def steps(config: RunConfig) -> int:
 
 def run(config: RunConfig, progress: Callable[[int], None]) -> list[dict[str, Any]]:
     items = 1_000 if config.quick else 8_000
-    decode = ArgumentDecoder(spec_of(Echo).apis[API])
+    decode = argument_decoder(spec_of(Echo).apis[API])
     echo_result = orjson.loads(BODY)["x"]
     rows = [
-        {"step": "codecs.ArgumentDecoder (benchmark body)", "clients": None,
+        {"step": "codecs.argument_decoder (benchmark body)", "clients": None,
          "us_per_item": _best_us(lambda: decode(BODY), items * 4)},
         {"step": "codecs.encode (echo result)", "clients": None,
          "us_per_item": _best_us(lambda: encode(echo_result), items * 4)},

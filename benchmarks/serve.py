@@ -1,8 +1,9 @@
 """Scenarios `serve` and `baseline`: requests/s and latency over HTTP, gpuserve beside raw aiohttp.
 
 Every server runs at once, idle until its turn; for each concurrency the
-targets take turns, round after round, so that whatever else the machine is
-doing falls on gpuserve and on its baseline alike. Besides requests/s and
+targets take turns, round after round (every other round in reverse order),
+so that whatever else the machine is doing falls on gpuserve and on its
+baseline alike. Besides requests/s and
 latency each point records the server's own CPU time per request (from
 /proc), which a busy neighbour disturbs far less than throughput.
 """
@@ -83,8 +84,10 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
                 for target in chosen:
                     loadgen.measure(tool, servers[target.server].url + target.path, BODY, concurrency, config.warmup_s)
                     progress(1)
-            for _ in range(config.rounds):
-                for target in chosen:
+            for number in range(config.rounds):
+                # Every other round in reverse: whoever goes first after a pause,
+                # or right after a neighbour's burst, is not always the same.
+                for target in chosen if number % 2 == 0 else chosen[::-1]:
                     point = measure(tool, servers[target.server], target, concurrency, config.round_s)
                     rounds.setdefault((target, concurrency), []).append(point)
                     progress(1)

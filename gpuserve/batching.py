@@ -104,7 +104,8 @@ class _ApiQueue:
     def __init__(self, api: ApiSpec, limit: int, stats: ApiStats) -> None:
         self.api = api
         # Items handed to an executor at once. An API that is not batchable is
-        # still called once per item, but a group of them shares one hop.
+        # still called once per item, but a group of them shares one hop (this
+        # many until the latency model knows how long a call takes).
         self.per_hop = api.max_batch_size if api.batchable else UNBATCHED_PER_HOP
         self.budget_s = api.max_latency_ms / 1000
         self.items: deque[_Pending] = deque()
@@ -125,11 +126,16 @@ class _ApiQueue:
 
     def pop(self) -> _Pending:
         item = self.items.popleft()
+        if item.future.done():
+            self.forget(item)
+        return item
+
+    def forget(self, item: _Pending) -> None:
+        """Account for a settled item that just left the queue."""
         if item.state == _EXPIRED:
             self.expired -= 1
-        elif item.future.done():  # the client left while it waited
+        else:  # the client left while it waited
             self.stats.refusals["cancelled"] += 1
-        return item
 
     def sweep(self) -> None:
         """Forget every settled item: the depth is then exact."""
@@ -146,6 +152,10 @@ class _ApiQueue:
 
 
 UNBATCHED_PER_HOP = 16
+# A group of unbatched calls answers together, so it holds its first answer
+# back by the others' time: groups grow only as far as this allows.
+GROUP_BUDGET_S = 0.002
+UNBATCHED_MAX_PER_HOP = 64
 PROBE_INTERVAL_S = 1.0  # at most one request per interval runs against a refusing latency model
 FULL_SWEEP_INTERVAL_S = 0.01  # a queue that looks full is swept for clients that left at most this often
 
@@ -184,6 +194,7 @@ class Batcher:
         self._models: dict[tuple[str, str], LatencyModel] = {}  # (api, executor) -> execution time
         self._fastest_cache: dict[tuple[str, int], float | None] = {}  # (api, size) -> seconds
         self._ceilings: dict[tuple[str, str], int] = {}  # lowered after out-of-memory
+        self._groups: dict[tuple[str, str], int] = {}  # unbatched calls per hop, from the latency model
         self._busy: dict[str, float | None] = {}  # executor key -> predicted end of its batch
         self._deadlines = Deadlines(timeout, _expire)
         self._work = asyncio.Event()
@@ -333,9 +344,10 @@ class Batcher:
     def _take(self, queue: _ApiQueue, executor: Executor) -> list[_Pending]:
         api = queue.api
         key = (api.name, executor.key)
-        ceiling = self._ceilings.get(key, queue.per_hop)
-        if not api.batchable:  # calls in a group run one after another: share them out
-            ceiling = min(ceiling, max(1, -(-queue.depth // len(self._pool))))
+        if api.batchable:
+            ceiling = self._ceilings.get(key, queue.per_hop)
+        else:  # calls in a group run one after another: share them out
+            ceiling = min(self._groups.get(key, queue.per_hop), max(1, -(-queue.depth // len(self._pool))))
         model = self._models.get(key)
         now = asyncio.get_running_loop().time()
         stats = queue.stats
@@ -348,11 +360,13 @@ class Batcher:
                 model = None
         batch: list[_Pending] = []
         waited = 0.0
+        popleft = items.popleft
         while items and len(batch) < ceiling:
-            item = queue.pop()
+            item = popleft()
             if item.future.done():
+                queue.forget(item)
                 continue
-            predicted = model.predict(len(batch) + 1) if model and not item.probe else None
+            predicted = model.predict(len(batch) + 1) if model is not None and not item.probe else None
             if predicted is not None and now + predicted > item.latency_deadline:
                 stats.refusals[LatencyBudgetExceeded.reason] += 1
                 item.future.set_exception(LatencyBudgetExceeded(
@@ -429,7 +443,10 @@ class Batcher:
         key = (queue.api.name, executor.key)
         queue.stats.exec_time[executor.key].add(result.exec_s)
         if result.oom_ceiling is None:
-            self._models.setdefault(key, LatencyModel()).observe(size, result.exec_s)
+            model = self._models.setdefault(key, LatencyModel())
+            model.observe(size, result.exec_s)
+            if not queue.api.batchable:
+                self._groups[key] = model.largest_within(GROUP_BUDGET_S, UNBATCHED_MAX_PER_HOP) or queue.per_hop
             queue.last_learned = asyncio.get_running_loop().time()
             self._fastest_cache.clear()
             self._refresh_admission()

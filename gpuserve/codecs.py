@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,41 +18,38 @@ class BadRequest(GpuserveError):
     """The request cannot be turned into an API call (HTTP 400)."""
 
 
-class ArgumentDecoder:
+def argument_decoder(api: ApiSpec) -> Callable[[bytes], dict[str, Any]]:
     """Request bodies of one API to its keyword arguments.
 
-    Built once per route: the key sets are ready, so a well-formed body costs
-    one `orjson.loads` and two set comparisons.
+    Built once per route, a closure over ready key sets: a well-formed body
+    costs one `orjson.loads` and two set comparisons.
     """
+    params = frozenset(api.params)
+    required = api.required
+    loads = orjson.loads
 
-    __slots__ = ("api", "_params")
-
-    def __init__(self, api: ApiSpec) -> None:
-        self.api = api
-        self._params = frozenset(api.params)
-
-    def __call__(self, body: bytes) -> dict[str, Any]:
+    def decode(body: bytes) -> dict[str, Any]:
         try:
-            payload = orjson.loads(body)
+            payload = loads(body)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
-        if type(payload) is dict:
-            keys = payload.keys()
-            if keys <= self._params and self.api.required <= keys:
-                return payload
-        raise self._rejection(payload)
+        if type(payload) is dict and params.issuperset(payload) and payload.keys() >= required:
+            return payload
+        raise _rejection(api, payload)
 
-    def _rejection(self, payload: Any) -> BadRequest:
-        api = self.api
-        if not isinstance(payload, dict):
-            return BadRequest(
-                f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, "
-                f"got {type(payload).__name__}"
-            )
-        unknown = payload.keys() - self._params
-        if unknown:
-            return BadRequest(f"unknown parameter(s) {sorted(unknown)} for {api.name!r}; it takes {list(api.params)}")
-        return BadRequest(f"missing parameter(s) {sorted(api.required - payload.keys())} for {api.name!r}")
+    return decode
+
+
+def _rejection(api: ApiSpec, payload: Any) -> BadRequest:
+    if not isinstance(payload, dict):
+        return BadRequest(
+            f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, "
+            f"got {type(payload).__name__}"
+        )
+    unknown = payload.keys() - set(api.params)
+    if unknown:
+        return BadRequest(f"unknown parameter(s) {sorted(unknown)} for {api.name!r}; it takes {list(api.params)}")
+    return BadRequest(f"missing parameter(s) {sorted(api.required - payload.keys())} for {api.name!r}")
 
 
 def _fallback(obj: Any) -> Any:
@@ -61,5 +60,5 @@ def _fallback(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 
-def encode(value: Any) -> bytes:
-    return orjson.dumps(value, default=_fallback, option=_OPTIONS)
+# A partial of the C function: encoding a batch with `map` runs no Python frame per item.
+encode: Callable[[Any], bytes] = functools.partial(orjson.dumps, default=_fallback, option=_OPTIONS)

@@ -32,3 +32,17 @@ class LatencyModel:
             return mean_y * max(size / mean_x, 1.0) if mean_x else mean_y
         slope = max((self._xy / self._w - mean_x * mean_y) / var_x, 0.0)
         return max(mean_y + slope * (size - mean_x), 0.0)
+
+    def largest_within(self, seconds: float, limit: int) -> int | None:
+        """The largest batch size up to `limit` predicted to take at most `seconds` (at least 1);
+        None until there is evidence."""
+        if self.predict(1) is None:
+            return None
+        lo, hi = 1, limit  # predictions grow with size: search for the last that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.predict(mid) <= seconds:  # type: ignore[operator]
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo

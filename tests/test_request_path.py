@@ -129,3 +129,25 @@ def test_queued_calls_of_an_unbatched_api_share_a_hop_but_run_one_by_one(basics)
     assert failing.result().status == 500 and "grouped" in failing.result().body["error"]
     groups = basics.get("stats").body["echo"]["batch_sizes"]
     assert max(int(size) for size in groups) > 1, groups  # several calls went over in one hop
+
+
+def test_groups_of_unbatched_calls_grow_only_as_far_as_their_calls_are_quick(tmp_path):
+    with serve("basics:Basics", log_dir=tmp_path) as server:
+        for i in range(3):  # the latency model learns what one call of each costs
+            assert server.post("echo", {"value": i}).status == 200
+            assert server.post("slow", {"seconds": 0.005}).status == 200
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            busy = pool.submit(server.post, "slow", {"seconds": 1.0})
+            wait_until_running(server, "slow")
+            echoes = [pool.submit(server.post, "echo", {"value": i}) for i in range(40)]
+            slows = [pool.submit(server.post, "slow", {"seconds": 0.005}) for _ in range(4)]
+            deadline = time.monotonic() + 10
+            while sum(server.get("stats").body[api]["queue_depth"] for api in ("echo", "slow")) < 44:
+                assert time.monotonic() < deadline and not busy.done(), "the calls never all queued"
+                time.sleep(0.02)
+            assert all(f.result().status == 200 for f in [busy, *echoes, *slows])
+        stats = server.get("stats").body
+    # Microsecond calls: the 40 queued went over in far fewer hops than 16 at a time would take.
+    assert max(int(size) for size in stats["echo"]["batch_sizes"]) > 16, stats["echo"]["batch_sizes"]
+    # 5 ms calls: a group of two would hold the first answer back past the 2 ms group budget.
+    assert set(stats["slow"]["batch_sizes"]) == {"1"}, stats["slow"]["batch_sizes"]

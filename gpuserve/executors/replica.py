@@ -42,7 +42,7 @@ class BatchResult:
     oom_ceiling: int | None = None
 
 
-def _encoded(api: ApiSpec, outcome: Any) -> Any:
+def _encoded(outcome: Any) -> Any:
     """An item's JSON bytes, or its Failure."""
     if isinstance(outcome, Failure):
         return outcome
@@ -50,6 +50,16 @@ def _encoded(api: ApiSpec, outcome: Any) -> Any:
         return encode(outcome)
     except TypeError as exc:
         return Failure("TypeError", f"its result is not JSON: {exc}")
+
+
+def _encode_all(outcomes: list[Any]) -> list[Any]:
+    """Every item's JSON bytes, or its Failure: in one C loop when all are JSON."""
+    if not any(isinstance(outcome, Failure) for outcome in outcomes):
+        try:
+            return list(map(encode, outcomes))
+        except TypeError:  # some result is not JSON: find which, item by item
+            pass
+    return [_encoded(outcome) for outcome in outcomes]
 
 
 class BatchShapeError(Exception):
@@ -87,23 +97,34 @@ class Replica:
 
     def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
         api = self.spec.apis[api_name]
-        outcomes: list[Any] = [None] * len(items)
-        state: dict[str, Any] = {"exec_s": 0.0, "oom": None, "ran": []}
         with self._current_device():
-            if api.batchable:
+            if not api.batchable:
+                outcomes, exec_s = self._run_each(api, items)
+                oom_ceiling = None
+            else:
+                outcomes = [None] * len(items)
+                state: dict[str, Any] = {"exec_s": 0.0, "oom": None, "ran": []}
                 self._run_range(api, items, 0, len(items), outcomes, state)
-            else:  # one call per item: grouped only to share the hop to this executor
-                for i in range(len(items)):
-                    self._run_range(api, items, i, i + 1, outcomes, state)
+                exec_s, oom_ceiling = state["exec_s"], _ceiling(state["oom"], state["ran"])
             # Encoded here, beside the model: a tensor's copy to the host never
             # runs on the event loop, and never crosses a process boundary.
-            encoded = [_encoded(api, outcome) for outcome in outcomes]
-        return BatchResult(encoded, state["exec_s"], _ceiling(state["oom"], state["ran"]))
+            encoded = _encode_all(outcomes)
+        return BatchResult(encoded, exec_s, oom_ceiling)
+
+    def _run_each(self, api: ApiSpec, items: Sequence[dict[str, Any]]) -> tuple[list[Any], float]:
+        """One call per item: grouped only to share the hop to this executor."""
+        method = getattr(self.instance, api.method_name)
+        outcomes: list[Any] = []
+        start = time.perf_counter()
+        for item in items:
+            try:
+                outcomes.append(method(**item))
+            except Exception as exc:  # this item alone fails, out of memory or not
+                outcomes.append(Failure.of(exc))
+        return outcomes, time.perf_counter() - start
 
     def _call(self, api: ApiSpec, items: Sequence[dict[str, Any]]) -> list[Any]:
         method = getattr(self.instance, api.method_name)
-        if not api.batchable:
-            return [method(**items[0])]
         defaults = self._defaults[api.name]
         kwargs = {
             p: [item[p] if p in item else defaults[p] for item in items]

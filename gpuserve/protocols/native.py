@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from gpuserve.batching import ItemFailed, Refused
-from gpuserve.codecs import ArgumentDecoder, BadRequest
+from gpuserve.codecs import argument_decoder, BadRequest
 from gpuserve.service import ApiSpec
 
 if TYPE_CHECKING:
@@ -28,11 +28,8 @@ def json_error(status: int, message: str, *, retry_after: float | None = None, *
     )
 
 
-def _timeout(request: web.Request) -> float | None:
-    """The request's own deadline in seconds; None: the server's default."""
-    raw = request.headers.get(TIMEOUT_HEADER)
-    if raw is None:
-        return None
+def _timeout(raw: str) -> float:
+    """The request's own deadline in seconds, from its header."""
     try:
         value = float(raw)
     except ValueError:
@@ -46,7 +43,7 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
     batcher = state.batcher
     settings = state.deployment.settings
     name = api.name
-    decode = ArgumentDecoder(api)
+    decode = argument_decoder(api)
 
     async def handle(request: web.Request) -> web.Response:
         if not state.ready:
@@ -63,7 +60,8 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
             # The batcher keeps the deadline (this one, or the server's default)
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
-            future = batcher.submit(name, kwargs, _timeout(request))
+            own = request.headers.get(TIMEOUT_HEADER)
+            future = batcher.submit(name, kwargs, None if own is None else _timeout(own))
         except BadRequest as exc:
             return json_error(400, str(exc))
         except Refused as exc:
