@@ -142,12 +142,10 @@ class _ApiQueue:
         live: deque[_Pending] = deque()
         for item in self.items:
             if item.future.done():
-                if item.state != _EXPIRED:
-                    self.stats.refusals["cancelled"] += 1
+                self.forget(item)
             else:
                 live.append(item)
         self.items = live
-        self.expired = 0
         self.stats.queue_depth = len(live)
 
 
