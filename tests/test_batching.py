@@ -166,6 +166,25 @@ def test_a_disconnected_clients_request_never_reaches_the_model(server, workdir)
     assert seen(workdir, "work", "gone-") == {"gone-after"}
 
 
+def test_clients_that_left_do_not_keep_a_full_queue_full(server, workdir):
+    before = stats(server, "work")
+    limit = before["queue_limit"]
+    with held(server, workdir):
+        # Fill the queue with clients that hang up; nothing reads /stats meanwhile,
+        # so only the batcher itself can notice that they left.
+        for i in range(limit):
+            post_and_leave(server, "work", {"item": f"left-{i}"}, queued=lambda: time.sleep(0.05) is None)
+        time.sleep(0.2)
+        # Admitted, it waits behind the held executor until its own deadline (504);
+        # refused by a queue still counting the departed, it would get 503 at once.
+        late = server.post("work", {"item": "after-the-full-queue"}, headers={"X-Request-Timeout": "0.3"})
+        assert late.status == 504 and late.body["reason"] == "deadline", late
+    after = stats(server, "work")
+    assert after["refusals"].get("cancelled", 0) == before["refusals"].get("cancelled", 0) + limit
+    assert after["refusals"].get("queue_full", 0) == before["refusals"].get("queue_full", 0)
+    assert seen(workdir, "work", "left-") == set()
+
+
 # -- failures ------------------------------------------------------------------------------
 
 
