@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gpuserve.eventloop import new_event_loop
+
 from benchmarks.apps import example_model
 
 
@@ -118,22 +120,13 @@ def create_app() -> web.Application:
     return app
 
 
-def event_loop() -> asyncio.AbstractEventLoop:
-    """The loop gpuserve's CLI picks: uvloop when installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.baseline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3001)
     args = p.parse_args(argv)
-    loop = event_loop()
+    loop = new_event_loop()  # the loop gpuserve serves on
     asyncio.set_event_loop(loop)
     web.run_app(create_app(), host=args.host, port=args.port, loop=loop, access_log=None, print=None)
     return 0

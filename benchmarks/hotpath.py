@@ -33,6 +33,7 @@ from aiohttp.test_utils import make_mocked_request
 from gpuserve.batching import Batcher
 from gpuserve.codecs import argument_decoder, encode
 from gpuserve.deployment import Deployment, prepare
+from gpuserve.eventloop import new_event_loop
 from gpuserve.executors import Executor, ThreadExecutor
 from gpuserve.executors.replica import BatchResult
 from gpuserve.pool import DevicePool
@@ -202,7 +203,7 @@ def run(config: RunConfig, progress: Callable[[int], None]) -> list[dict[str, An
          "us_per_item": _best_us(lambda: encode(MLP_RESULT), items * 4)},
     ]
     progress(1)
-    loop = baseline.event_loop()
+    loop = new_event_loop()
     try:
         rows += loop.run_until_complete(_async_rows(items))
     finally:

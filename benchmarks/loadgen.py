@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from gpuserve.eventloop import new_event_loop
+
 _WRK_MARK = "BENCH_JSON "
 _WRK_SCRIPT = """\
 wrk.method = "POST"
@@ -237,14 +239,6 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__)
     p.add_argument("url")
@@ -252,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--body", default="{}")
     args = p.parse_args(argv)
-    loop = _new_loop()
+    loop = new_event_loop()
     try:
         result = loop.run_until_complete(_drive(args.url, args.body.encode(), args.concurrency, args.duration))
     finally:

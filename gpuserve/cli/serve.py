@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gpuserve.deployment import prepare
 from gpuserve.errors import GpuserveError
+from gpuserve.eventloop import new_event_loop
 from gpuserve.loader import load_service
 from gpuserve.settings import Settings
 
@@ -46,14 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {k: v for k, v in vars(args).items() if k not in ("service", "run", "log_level", "command")}
@@ -74,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from gpuserve.server import create_app
 
     app = create_app(deployment, on_failure=stop_on_failure)
-    loop = _event_loop()
+    loop = new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(
         app,
