@@ -8,8 +8,8 @@ worker's devices, numbered from 0, when it is first imported here.
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from multiprocessing.connection import Connection
 
 from gpuserve.executors import wire
 from gpuserve.executors.base import Placement
@@ -19,7 +19,7 @@ from gpuserve.registry import default_registry
 
 
 def serve(fd: int) -> None:
-    conn = Connection(fd)
+    conn = socket.socket(fileno=fd)  # blocking: this process has nothing else to do
     build = wire.recv(conn)
     try:
         for entry in reversed(build["sys_path"]):

@@ -3,17 +3,21 @@
 The child's environment is the server's, narrowed by the backend's
 `visibility_env` for the worker's devices, so the framework in the child
 numbers them from 0: `cuda:0` there is this worker's first GPU.
+
+The event loop itself talks to the child over a socket pair: no thread of the
+server waits on it, so the server's only Python thread under load is the
+loop, and the model runs beside it under its own interpreter lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
 from typing import Any
 
 import attrs
@@ -41,6 +45,52 @@ def child_environment(base: Mapping[str, str], backend: Backend, placement: Plac
     return env
 
 
+class ChannelClosed(Exception):
+    """The child's end of the channel is gone (it exited, or was killed)."""
+
+
+class _Channel(asyncio.Protocol):
+    """Requests to the child and its replies, in order: one reply per request."""
+
+    def __init__(self) -> None:
+        self._reader = wire.FrameReader()
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def request(self, message: Any) -> asyncio.Future[Any]:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ChannelClosed()
+        transport.writelines(wire.pack(message))
+        reply = asyncio.get_running_loop().create_future()
+        self._waiting.append(reply)
+        return reply
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._reader.feed(data):
+            reply = self._waiting.popleft()
+            if not reply.done():  # a request given up on (shutdown) still gets its reply: drop it
+                reply.set_result(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        while self._waiting:
+            reply = self._waiting.popleft()
+            if not reply.done():
+                reply.set_exception(ChannelClosed())
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
 class ProcessExecutor(Executor):
     def __init__(
         self,
@@ -59,91 +109,80 @@ class ProcessExecutor(Executor):
         self._child_placement = attrs.evolve(
             placement, devices=tuple(d.renumbered(i) for i, d in enumerate(placement.devices))
         )
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gpuserve-io-{self.key}")
         self._proc: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
+        self._channel: _Channel | None = None
         self.pid: int | None = None
 
     async def start(self) -> None:
-        await asyncio.wrap_future(self._io.submit(self._spawn))
-
-    def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
         # A private socket pair: no address to find, nothing to authenticate,
         # and EOF on our end the moment the child dies.
         ours, theirs = socket.socketpair()
         with theirs:
-            self._proc = subprocess.Popen(
+            spawn = functools.partial(
+                subprocess.Popen,
                 [sys.executable, "-m", "gpuserve.executors.child", str(theirs.fileno())],
                 env=self._env,
                 pass_fds=[theirs.fileno()],
             )
-        self._conn = Connection(ours.detach())
-        wire.send(self._conn, {
+            self._proc = await loop.run_in_executor(None, spawn)  # forking a large server takes a while
+        _, self._channel = await loop.create_unix_connection(_Channel, sock=ours)
+        build = {
             "service": self.service_ref,
             "sys_path": [p for p in sys.path if p],
             "backend": self.backend.name,
             "placement": self._child_placement,
-        })
+        }
         try:
-            reply = wire.recv(self._conn)
-        except (EOFError, OSError):
-            code = self._proc.wait()
-            self._kill()
+            reply = await self._channel.request(build)
+        except ChannelClosed:
+            code = await self._end(grace_s=STOP_GRACE_S)
             raise ReplicaStartError(f"worker process for {self.key} exited with code {code} while starting") from None
+        except BaseException:  # cancelled while the child builds: leave nothing behind
+            await self._end()
+            raise
         if reply[0] == "error":
-            self._kill()
+            await self._end()
             failure = reply[1]
             raise ReplicaStartError(f"replica {self.key} failed to build: {failure.type}: {failure.message}")
         _, self.pid = reply
 
-    def _exchange(self, message: Any) -> BatchResult:
-        if self._conn is None:
-            raise ExecutorDied(f"worker process {self.key} is not running")
-        try:
-            wire.send(self._conn, message)
-            return wire.recv(self._conn)
-        except (EOFError, OSError) as exc:
-            code = self._kill(grace_s=1.0)
-            raise ExecutorDied(f"worker process {self.key} (pid {self.pid}) died (exit code {code})") from exc
-
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._channel is not None and self._channel.open and self._proc is not None and self._proc.poll() is None
 
     async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
-        return await asyncio.wrap_future(self._io.submit(self._exchange, (api_name, list(items))))
-
-    def _kill(self, grace_s: float = 0.0) -> int | None:
-        """Close the channel and make sure the child is gone; its exit code."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._proc is None:
-            return None
         try:
-            return self._proc.wait(timeout=grace_s)  # a child that is dying gets to say why
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            return self._proc.wait()
+            if self._channel is None:
+                raise ChannelClosed()
+            return await self._channel.request((api_name, list(items)))
+        except ChannelClosed:
+            code = await self._end(grace_s=1.0)  # a child that is dying gets to say why
+            raise ExecutorDied(f"worker process {self.key} (pid {self.pid}) died (exit code {code})") from None
 
-    def _terminate(self, grace_s: float) -> None:
-        """SIGTERM, then SIGKILL after `grace_s`: work was drained before this is called.
-
-        Runs beside the I/O thread, which may be stuck waiting on the child;
-        the child's exit unblocks it.
-        """
+    async def _end(self, grace_s: float = 0.0) -> int | None:
+        """Close the channel and make sure the child is gone; its exit code."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         proc = self._proc
         if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            return None
+        return await asyncio.get_running_loop().run_in_executor(None, _reap, proc, grace_s)
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
-        await asyncio.get_running_loop().run_in_executor(None, self._terminate, grace_s)
-        await asyncio.wrap_future(self._io.submit(self._kill))  # closes the channel in its own thread
+        """SIGTERM, then SIGKILL after `grace_s`: work was drained before this is called."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+        await self._end(grace_s)
         return True
+
+
+def _reap(proc: subprocess.Popen[bytes], grace_s: float) -> int:
+    """Wait up to `grace_s` for the child to exit, then kill it; its exit code."""
+    try:
+        return proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
