@@ -1,6 +1,8 @@
 """The executor pool: several executors pull work, and what travels to process executors."""
 
+import asyncio
 import concurrent.futures
+import os
 import socket
 import threading
 import time
@@ -8,8 +10,12 @@ import time
 import numpy as np
 import pytest
 
+from apps.basics import Nap
 from apps.batching_client import held, stats
+from gpuserve.deployment import prepare
 from gpuserve.executors import wire
+from gpuserve.service import spec_of
+from gpuserve.settings import Settings
 from serving import serve
 
 LAYOUTS = {
@@ -44,6 +50,23 @@ def test_executors_share_the_load_and_never_run_two_batches_at_once(tmp_path):
         assert {r.status for r in replies} == {200}, [r.body for r in replies if r.status != 200][:1]
         assert {r.body["device"] for r in replies} == {"cpu:0", "cpu:1"}
         assert set(stats(server, "work")["exec_time_s"]) == {"cpu:0#0.0", "cpu:1#1.0"}
+
+
+def test_a_process_executor_never_takes_the_reply_to_a_batch_it_gave_up_on_for_the_next():
+    """Shutdown cancels a batch while the child runs it; its reply comes later, and must be dropped."""
+
+    async def scenario():
+        [executor] = prepare(spec_of(Nap), Settings(), dict(os.environ)).executors()
+        await executor.start()
+        try:
+            abandoned = asyncio.ensure_future(executor.run("nap", [{"seconds": 0.5}]))
+            await asyncio.sleep(0.1)
+            abandoned.cancel()
+            return await executor.run("nap", [{"seconds": 0.01}])
+        finally:
+            await executor.stop()
+
+    assert asyncio.run(scenario()).outcomes == [b"0.01"]
 
 
 # -- the wire to process executors ---------------------------------------------------------

@@ -74,3 +74,11 @@ class Stuck:
 @gpuserve.service(backend="cpu", isolation="process")
 class StuckProcess(Stuck):
     pass
+
+
+@gpuserve.service(backend="cpu", isolation="process")
+class Nap:
+    @gpuserve.api
+    def nap(self, seconds: float):
+        time.sleep(seconds)
+        return seconds
