@@ -18,6 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks.serve import BASELINE_OF  # noqa: E402
 
 TARGET_CONCURRENCY = 64
+# The batched MLP's targets are read from the configuration gpuserve recommends
+# for a model whose batches hold the interpreter lock: its own process. The
+# thread-isolated figures stand beside them in the table.
+MLP_TARGET = "mlp_batched_process"
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
 
 
@@ -60,12 +64,12 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
         row = at.get((workload, TARGET_CONCURRENCY))
         checks.append(_check(f"{workload} req/s / raw aiohttp echo req/s, {TARGET_CONCURRENCY} clients",
                              row and row["rps_ratio"], ">=", 0.9))
-    row = at.get(("mlp_batched", TARGET_CONCURRENCY))
-    checks.append(_check(f"batched MLP req/s / hand-written batcher req/s, {TARGET_CONCURRENCY} clients",
-                         row and row["rps_ratio"], ">=", 1.0))
-    row = serve.get(("mlp_batched", TARGET_CONCURRENCY))
-    checks.append(_check(f"batched MLP p99 / p50, {TARGET_CONCURRENCY} clients",
-                         row and _ratio(row["p99_ms"], row["p50_ms"]), "<=", 2.0))
+    row = at.get((MLP_TARGET, TARGET_CONCURRENCY))
+    checks.append(_check(f"batched MLP (isolation=process) req/s / hand-written batcher req/s, "
+                         f"{TARGET_CONCURRENCY} clients", row and row["rps_ratio"], ">=", 1.0))
+    row = serve.get((MLP_TARGET, TARGET_CONCURRENCY))
+    checks.append(_check(f"batched MLP (isolation=process) p99 / p50, {TARGET_CONCURRENCY} clients",
+                         row and _tail_ratio(row), "<=", 2.0))
     hot = [r for r in results.get("hotpath") or [] if isinstance(r, dict) and r.get("step") == BATCHER_STEP]
     value = max((r["overhead_us_per_item"] for r in hot if r["clients"] == TARGET_CONCURRENCY), default=None)
     checks.append(_check(f"batcher overhead per item, in-process, {TARGET_CONCURRENCY} clients (us)",
@@ -85,6 +89,16 @@ def _paired_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
     if pairs and len(row["rounds"]) == len(base["rounds"]) and None not in pairs:
         return statistics.median(pairs)  # type: ignore[type-var]
     return _ratio(row["rps"], base["rps"])
+
+
+def _tail_ratio(row: dict[str, Any]) -> float | None:
+    """Median of each round's p99 / p50: a round's tail against its own median, taken at
+    the same moment. Medians taken over rounds would mix a slow second's p99 with a fast
+    one's p50; falls back to them when the rounds are missing."""
+    pairs = [_ratio(r["p99_ms"], r["p50_ms"]) for r in row["rounds"]]
+    if pairs and None not in pairs:
+        return statistics.median(pairs)  # type: ignore[type-var]
+    return _ratio(row["p99_ms"], row["p50_ms"])
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -39,6 +39,7 @@ GPUSERVE = (
     Target("gpuserve", "echo_batched", "gpuserve-echo", "/echo_batched"),
     Target("gpuserve", "mlp", "gpuserve-mlp", "/predict"),
     Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched"),
+    Target("gpuserve", "mlp_batched_process", "gpuserve-mlp-process", "/predict_batched"),
 )
 BASELINE = (
     Target("baseline", "echo", "baseline", "/echo"),
@@ -46,10 +47,14 @@ BASELINE = (
     Target("baseline", "mlp_batched", "baseline", "/predict_batched"),
 )
 # The baseline workload each gpuserve workload is compared with.
-BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "mlp": "mlp", "mlp_batched": "mlp_batched"}
+BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "mlp": "mlp", "mlp_batched": "mlp_batched",
+               "mlp_batched_process": "mlp_batched"}
 COMMANDS = {
     "gpuserve-echo": gpuserve_command("benchmarks.apps:Echo"),
     "gpuserve-mlp": gpuserve_command("benchmarks.apps:Mlp"),
+    # The same service with its replica in a process of its own: the model's
+    # Python then never waits on the event loop's interpreter lock, nor it on the model's.
+    "gpuserve-mlp-process": gpuserve_command("benchmarks.apps:Mlp", "--isolation", "process"),
     "baseline": baseline_command(),
 }
 

@@ -29,6 +29,24 @@ def _cpu(stat_path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs (e.g. process executors)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,14 +86,17 @@ class Server:
     log_path: Path
 
     def cpu_seconds(self) -> tuple[float, float] | None:
-        """(whole process, main thread) user + system CPU seconds; None off Linux.
+        """(whole server, main thread) user + system CPU seconds; None off Linux.
 
-        The main thread runs the event loop: its share is the front end's cost,
-        the rest is model threads and the like.
+        The whole server is its process and the processes it started (process
+        executors). The main thread runs the event loop: its share is the
+        front end's cost, the rest is model threads, processes and the like.
         """
         pid = self.proc.pid
         process, loop = _cpu(f"/proc/{pid}/stat"), _cpu(f"/proc/{pid}/task/{pid}/stat")
-        return (process, loop) if process is not None and loop is not None else None
+        if process is None or loop is None:
+            return None
+        return process + sum(_cpu(f"/proc/{child}/stat") or 0.0 for child in _descendants(pid)), loop
 
     def wait_ready(self, path: str = "/readyz", timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
