@@ -73,8 +73,11 @@ def test_bad_fake_file_exits_2_naming_the_path(fake_env: dict[str, str], tmp_pat
 
 
 def test_watch_refreshes_until_ctrl_c(fake_env: dict[str, str]) -> None:
+    # Ctrl-C as a terminal gives it: a run started in the background of a
+    # script inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "gpuserve", "devices", "--watch", "0.1"], env=fake_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while seen.count(GPUS[0]["uuid"]) < 2:  # two full redraws, however slow the start
         line = proc.stdout.readline()
