@@ -118,15 +118,20 @@ class ProcessExecutor(Executor):
         # A private socket pair: no address to find, nothing to authenticate,
         # and EOF on our end the moment the child dies.
         ours, theirs = socket.socketpair()
-        with theirs:
-            spawn = functools.partial(
-                subprocess.Popen,
-                [sys.executable, "-m", "gpuserve.executors.child", str(theirs.fileno())],
-                env=self._env,
-                pass_fds=[theirs.fileno()],
-            )
-            self._proc = await loop.run_in_executor(None, spawn)  # forking a large server takes a while
-        _, self._channel = await loop.create_unix_connection(_Channel, sock=ours)
+        try:
+            with theirs:
+                spawn = functools.partial(
+                    subprocess.Popen,
+                    [sys.executable, "-m", "gpuserve.executors.child", str(theirs.fileno())],
+                    env=self._env,
+                    pass_fds=[theirs.fileno()],
+                )
+                self._proc = await loop.run_in_executor(None, spawn)  # forking a large server takes a while
+            _, self._channel = await loop.create_unix_connection(_Channel, sock=ours)
+        except BaseException:
+            ours.close()
+            await self._end()
+            raise
         build = {
             "service": self.service_ref,
             "sys_path": [p for p in sys.path if p],
