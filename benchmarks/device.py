@@ -17,8 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gpuserve.devices import Device, discover
-from gpuserve.registry import default_registry
+from gpuserve.plugin import Device, discover, installed_backend, installed_backends
 
 from benchmarks import ROOT
 from benchmarks.config import RunConfig
@@ -32,7 +31,7 @@ def plan(config: RunConfig) -> tuple[list[tuple[str, list[str]]], list[dict[str,
     gpus = discover(os.environ).devices
     runs: list[tuple[str, list[str]]] = []
     skipped: list[dict[str, str]] = []
-    for entry in default_registry().entries:
+    for entry in installed_backends():
         if config.backends is not None and entry.name not in config.backends:
             continue
         if entry.name not in FRAMEWORKS:
@@ -110,7 +109,7 @@ def _measure(bench: Framework, kind: str, batch: int, seconds: float) -> dict[st
 
 
 def child(backend_name: str, labels: Sequence[str], batch_sizes: Sequence[int], seconds: float) -> None:
-    entry = default_registry().get(backend_name)
+    entry = installed_backend(backend_name)
     assert entry.cls is not None
     backend = entry.cls()
     devices = [_device(label) for label in labels]

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-from gpuserve.devices import discover
+from gpuserve.plugin import discover
 
 from benchmarks import ROOT
 

@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gpuserve.backend import Backend
-from gpuserve.devices import Device
+from gpuserve.plugin import Backend, Device
 
 MODELS = ("mlp", "conv")
 Forward = Callable[[Any], Any]

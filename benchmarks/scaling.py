@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpuserve.devices import discover
+from gpuserve.plugin import discover
 
 from benchmarks import loadgen
 from benchmarks.config import RunConfig

@@ -15,7 +15,8 @@ import attrs
 from gpuserve.backend import Backend, Viability
 from gpuserve.errors import BackendError
 
-GROUP = "gpuserve.backends"
+BACKENDS_GROUP = "gpuserve.backends"  # name -> a Backend subclass
+PLUGINS_GROUP = "gpuserve.plugins"  # name -> setup(app), called with the aiohttp application
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +47,7 @@ class BackendEntry:
             log.warning("backend %r: viable() raised %s: %s", self.name, type(exc).__name__, exc)
             return Viability.no(f"viable() raised {type(exc).__name__}: {exc}")
         if not isinstance(result, Viability):
-            return Viability.no(f"viable() returned {result!r}, expected a gpuserve.backend.Viability")
+            return Viability.no(f"viable() returned {result!r}, expected a gpuserve.plugin.Viability")
         return result
 
 
@@ -60,7 +61,7 @@ def _load(ep: EntryPoint) -> BackendEntry:
         log.warning("backend plugin %r (%s) failed to load: %s: %s", ep.name, ep.value, type(exc).__name__, exc)
         return BackendEntry(ep.name, dist_name, version, None, f"{type(exc).__name__}: {exc}")
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        error = f"{ep.value} is not a subclass of gpuserve.backend.Backend"
+        error = f"{ep.value} is not a subclass of gpuserve.plugin.Backend"
         log.warning("backend plugin %r: %s", ep.name, error)
         return BackendEntry(ep.name, dist_name, version, None, error)
     return BackendEntry(ep.name, dist_name, version, cls)
@@ -73,7 +74,7 @@ class Registry:
     @classmethod
     def from_entry_points(cls) -> "Registry":
         seen: dict[str, BackendEntry] = {}
-        for ep in entry_points(group=GROUP):
+        for ep in entry_points(group=BACKENDS_GROUP):
             if ep.name not in seen:  # the same dist on sys.path twice lists it twice
                 seen[ep.name] = _load(ep)
         return cls(list(seen.values()))
@@ -112,4 +113,15 @@ class Registry:
 
 @functools.cache
 def default_registry() -> Registry:
+    """The registry of this process, read once."""
     return Registry.from_entry_points()
+
+
+def installed_backends() -> list[BackendEntry]:
+    """Every registered backend, loaded afresh, best first (a broken one carries its error)."""
+    return Registry.from_entry_points().entries
+
+
+def installed_backend(name: str) -> BackendEntry:
+    """The backend registered as `name`, loaded afresh (as the server would load it)."""
+    return Registry.from_entry_points().get(name)

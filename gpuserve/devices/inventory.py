@@ -17,6 +17,7 @@ from gpuserve.devices.device import Device
 from gpuserve.devices.fake import FAKE_GPUS_ENV, FakeSource
 from gpuserve.devices.nvml import NvmlSource
 from gpuserve.devices.source import GpuSource, NvmlGpu, SourceUnavailable
+from gpuserve.devices.uuids import uuid_key
 from gpuserve.devices.visibility import cuda_units, select_visible
 
 
@@ -55,19 +56,14 @@ def discover(env: Mapping[str, str]) -> Inventory:
     if driver is None:
         devices = tuple(_device(o, units[p]) for o, p in enumerate(selection.positions))
     else:
-        by_key = {_uuid_key(unit.uuid): unit for gpu in gpus for unit in (gpu, *gpu.mig)}
+        by_key = {uuid_key(unit.uuid): unit for gpu in gpus for unit in (gpu, *gpu.mig)}
         devices = tuple(
-            _device(o, by_key[key]) if (key := _uuid_key(uuid)) in by_key else _unreported(o, uuid)
+            _device(o, by_key[key]) if (key := uuid_key(uuid)) in by_key else _unreported(o, uuid)
             for o, uuid in enumerate(driver)
         )
     if devices:
         return Inventory(devices=devices, source=source.label)
     return Inventory(reason=_why_none(visible, selection.stopped, len(gpus)), source=source.label)
-
-
-def _uuid_key(uuid: str) -> str:
-    # The driver spells every UUID "GPU-…", NVML spells a MIG instance's "MIG-…".
-    return uuid.split("-", 1)[-1].lower()
 
 
 def _unreported(ordinal: int, uuid: str) -> Device:

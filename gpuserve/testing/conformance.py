@@ -21,10 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gpuserve.backend import Backend, Viability
-from gpuserve.devices import Device
-from gpuserve.errors import GpuserveError
-from gpuserve.registry import BackendEntry, Registry
+from gpuserve.plugin import Backend, BackendEntry, Device, GpuserveError, Viability, installed_backend
 
 GHOST_GPU = Device(index=63, uuid="GPU-00000000-dead-4000-8000-000000000063", name="absent GPU")
 
@@ -44,7 +41,7 @@ class BackendConformance:
     @pytest.fixture
     def entry(self) -> BackendEntry:
         assert self.backend_name, "set backend_name to the backend's entry-point name"
-        entry = Registry.from_entry_points().get(self.backend_name)
+        entry = installed_backend(self.backend_name)
         assert entry.cls is not None, f"backend {self.backend_name!r} failed to load: {entry.error}"
         return entry
 

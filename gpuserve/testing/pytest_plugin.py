@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gpuserve.devices import FAKE_GPUS_ENV, discover
+from gpuserve.plugin import FAKE_GPUS_ENV, discover
 from gpuserve.testing.fake_inventory import write_fake_inventory
 
 

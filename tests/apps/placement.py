@@ -3,7 +3,7 @@
 import os
 
 import gpuserve
-from gpuserve.testing.fake_backend import applied_memory_caps, current_fake_device
+from gpuserve_fake_gpu import applied_memory_caps, current_fake_device
 
 
 def where():

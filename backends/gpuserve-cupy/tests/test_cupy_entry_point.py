@@ -6,7 +6,7 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 
-from gpuserve.backend import Backend
+from gpuserve.plugin import Backend
 
 from gpuserve_cupy import CupyBackend
 

@@ -8,8 +8,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from gpuserve.devices.device import Device
-from gpuserve.errors import BackendError
+from gpuserve.plugin import BackendError, Device
 
 from gpuserve_cupy import CupyBackend
 

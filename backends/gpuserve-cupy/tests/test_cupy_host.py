@@ -7,8 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from gpuserve.devices.device import Device
-from gpuserve.errors import BackendError, CapabilityError
+from gpuserve.plugin import BackendError, CapabilityError, Device
 
 from gpuserve_cupy import CupyBackend
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 
-from gpuserve_cupy.inventory import describe, gpu_uuid, pci_bus_id
+from gpuserve_cupy.inventory import describe, pci_bus_id
 
 UUID = bytes(range(16))
 SPELLED = "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
@@ -25,15 +24,6 @@ def props(uuid: bytes) -> dict[str, Any]:
 
 def no_driver(ordinal: int) -> bytes:
     raise AssertionError(f"the driver was asked for device {ordinal}'s UUID")
-
-
-def test_uuid_is_spelled_as_nvml_does() -> None:
-    assert gpu_uuid(UUID) == SPELLED
-
-
-def test_uuid_of_the_wrong_length_is_an_error() -> None:
-    with pytest.raises(ValueError, match="16 bytes, got 3"):
-        gpu_uuid(b"abc")
 
 
 def test_pci_bus_id_is_spelled_as_nvml_does() -> None:

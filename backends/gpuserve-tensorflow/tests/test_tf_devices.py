@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import tensorflow as tf
 
-from gpuserve.devices import Device
-from gpuserve.errors import BackendError, CapabilityError
+from gpuserve.plugin import BackendError, CapabilityError, Device
 
 from gpuserve_tensorflow import TensorFlowBackend
 

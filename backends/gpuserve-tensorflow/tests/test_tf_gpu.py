@@ -13,8 +13,7 @@ import pytest
 import tensorflow as tf
 from tf_models import Affine, batch
 
-from gpuserve.devices import Device
-from gpuserve.errors import CapabilityError
+from gpuserve.plugin import CapabilityError, Device
 
 from gpuserve_tensorflow import Mirrored, TensorFlowBackend
 

@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from gpuserve.backend import Backend
+from gpuserve.plugin import Backend
 
 from gpuserve_tensorflow import TensorFlowBackend
 

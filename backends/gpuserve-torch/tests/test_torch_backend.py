@@ -7,8 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from gpuserve.devices import Device
-from gpuserve.errors import BackendError, CapabilityError
+from gpuserve.plugin import BackendError, CapabilityError, Device
 from gpuserve.testing import fake_gpu, write_fake_inventory
 from gpuserve_torch import TorchBackend
 
@@ -87,7 +86,7 @@ def gpu(i):
 
 @pytest.mark.gpu
 def test_gpu_devices_carry_the_drivers_uuids():
-    from gpuserve.devices import discover
+    from gpuserve.plugin import discover
     import os
 
     assert [d.uuid for d in TorchBackend().devices()] == [d.uuid for d in discover(os.environ).devices]

@@ -7,8 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from gpuserve.devices import Device
-from gpuserve.errors import CapabilityError
+from gpuserve.plugin import CapabilityError, Device
 
 from gpuserve_numpy import NumpyBackend
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from gpuserve.backend import Backend
+from gpuserve.plugin import Backend
 
 from gpuserve_numpy import NumpyBackend
 from gpuserve_numpy.plugin import setup

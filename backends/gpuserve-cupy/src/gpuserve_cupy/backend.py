@@ -13,11 +13,17 @@ from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
-from gpuserve.backend import Backend, MemoryInfo, Viability
-from gpuserve.devices.device import Device
-from gpuserve.errors import BackendError, CapabilityError
-
-from gpuserve_cupy import driver, inventory, placement
+from gpuserve.plugin import (
+    Backend,
+    BackendError,
+    CapabilityError,
+    Device,
+    MemoryInfo,
+    Viability,
+    cuda_device_uuid,
+    cuda_driver_problem,
+)
+from gpuserve_cupy import inventory, placement
 
 INSTALL_HINT = "pip install gpuserve-cupy[cuda12] (or gpuserve-cupy[cuda13] for CUDA 13)"
 # Status 2 means "out of memory" in both CUDA APIs: cudaErrorMemoryAllocation, CUDA_ERROR_OUT_OF_MEMORY.
@@ -40,13 +46,13 @@ class CupyBackend(Backend):
     def viable(cls) -> Viability:
         if importlib.util.find_spec("cupy") is None:
             return Viability.no(f"cupy is not installed: {INSTALL_HINT}")
-        problem = driver.problem()
+        problem = cuda_driver_problem()
         return Viability.no(problem) if problem else Viability.yes()
 
     def devices(self) -> list[Device]:
         runtime = _cupy().cuda.runtime
         return [
-            inventory.describe(i, runtime.getDeviceProperties(i), driver.device_uuid)
+            inventory.describe(i, runtime.getDeviceProperties(i), cuda_device_uuid)
             for i in range(self._device_count())
         ]
 

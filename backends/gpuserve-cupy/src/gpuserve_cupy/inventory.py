@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpuserve.devices.device import Device
+from gpuserve.plugin import Device, format_uuid
 
 _UUID_BYTES = 16
-
-
-def gpu_uuid(raw: bytes) -> str:
-    """NVML's spelling of a device UUID: `GPU-` and the 16 bytes as 8-4-4-4-12 hex."""
-    if len(raw) != _UUID_BYTES:
-        raise ValueError(f"a CUDA device UUID is {_UUID_BYTES} bytes, got {len(raw)}: {raw!r}")
-    return f"GPU-{uuid.UUID(bytes=raw)}"
 
 
 def pci_bus_id(props: Mapping[str, Any]) -> str:
@@ -34,7 +26,7 @@ def describe(ordinal: int, props: Mapping[str, Any], driver_uuid: Callable[[int]
     name = props["name"]
     return Device(
         index=ordinal,
-        uuid=gpu_uuid(raw),
+        uuid=format_uuid(raw),
         name=name.decode(errors="replace") if isinstance(name, bytes) else str(name),
         kind="cuda",
         memory_total=int(props["totalGlobalMem"]),

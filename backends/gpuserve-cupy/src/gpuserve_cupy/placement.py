@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy
 
-from gpuserve.errors import CapabilityError
+from gpuserve.plugin import CapabilityError
 
 ACCEPTED = "a numpy or cupy array, or a dict, list or tuple of them"
 

@@ -17,10 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
-from gpuserve.devices.device import Device
-from gpuserve.errors import BackendError
-
+from gpuserve.plugin import Backend, BackendError, Device, MemoryInfo, Viability, discover, host_memory
 from gpuserve_tensorflow.devices import HOST, NAME, physical_gpu, physical_gpus, require, tf_name, unable
 from gpuserve_tensorflow.mirrored import Mirrored
 from gpuserve_tensorflow.placement import place, variables_of
@@ -53,8 +50,6 @@ class TensorFlowBackend(Backend):
         index `i` is the inventory's ordinal `i` under the same environment.
         """
         import tensorflow as tf
-
-        from gpuserve.devices import discover
 
         gpus = physical_gpus()
         if not gpus:

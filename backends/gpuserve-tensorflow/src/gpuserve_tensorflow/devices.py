@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuserve.devices.device import Device
-from gpuserve.errors import CapabilityError
+from gpuserve.plugin import CapabilityError, Device
 
 NAME = "tensorflow"
 HOST = "/CPU:0"

@@ -11,15 +11,18 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
-from gpuserve.devices import Device
-from gpuserve.errors import BackendError, CapabilityError
+from gpuserve.plugin import (
+    Backend,
+    BackendError,
+    CapabilityError,
+    Device,
+    MemoryInfo,
+    Viability,
+    host_memory,
+    same_device,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _bare_uuid(uuid: str) -> str:
-    return uuid.lower().removeprefix("gpu-").removeprefix("mig-")
 
 
 def _torch() -> Any:
@@ -74,7 +77,7 @@ class TorchBackend(Backend):
             return
         seen = {d.index: d.uuid for d in self.devices()}
         for device in gpus:
-            if _bare_uuid(seen.get(device.index, "")) != _bare_uuid(device.uuid):
+            if not same_device(seen.get(device.index, ""), device.uuid):
                 raise BackendError(
                     f"torch's {device.label} is {seen.get(device.index) or 'absent'}, but the plan put "
                     f"{device.uuid} ({device.name}) there: CUDA saw another CUDA_VISIBLE_DEVICES"

@@ -6,9 +6,7 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
-from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
-from gpuserve.devices import Device
-from gpuserve.errors import CapabilityError
+from gpuserve.plugin import CpuBackend, Device, Viability
 
 GPU_HINT = "NumPy runs on the CPU only; for NumPy-style code on GPUs use the cupy backend"
 
@@ -33,13 +31,16 @@ def copy_arrays(obj: Any) -> Any:
     return obj
 
 
-class NumpyBackend(Backend):
-    """CPU devices only; `is_out_of_memory` is the inherited check for `MemoryError`,
-    which NumPy's failed allocations (`_ArrayMemoryError`) are."""
+class NumpyBackend(CpuBackend):
+    """CPU devices only (from `CpuBackend`); placing copies the model's arrays.
+
+    `is_out_of_memory` is the inherited check for `MemoryError`, which NumPy's
+    failed allocations (`_ArrayMemoryError`) are.
+    """
 
     name = "numpy"
     priority = 10
-    uses_gpus = False
+    gpu_hint = GPU_HINT
 
     @classmethod
     def viable(cls) -> Viability:
@@ -47,19 +48,8 @@ class NumpyBackend(Backend):
             return Viability.no("numpy is not installed: pip install gpuserve-numpy")
         return Viability.yes()
 
-    def devices(self) -> list[Device]:
-        return []  # no GPUs: the server plans this backend on CPU devices
-
-    def _require_cpu(self, device: Device, what: str) -> None:
-        if device.is_gpu:
-            raise CapabilityError(self.name, f"{what} on {device.label}", GPU_HINT)
-
-    def native_device(self, device: Device) -> str:
-        self._require_cpu(device, "address a device")
-        return "cpu"
-
     def place(self, obj: Any, device: Device) -> Any:
-        self._require_cpu(device, "place an object")
+        self.require_cpu(device, "place an object")
         return copy_arrays(obj)
 
     def distribute(self, model: Any, devices: Sequence[Device]) -> list[Any]:
@@ -67,7 +57,3 @@ class NumpyBackend(Backend):
         if not devices:
             raise ValueError("distribute needs at least one device, got none")
         return [self.place(model, device) for device in devices]
-
-    def memory(self, device: Device) -> MemoryInfo:
-        self._require_cpu(device, "report memory")
-        return host_memory()

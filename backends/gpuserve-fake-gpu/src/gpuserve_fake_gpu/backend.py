@@ -14,9 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gpuserve.backend import Backend, MemoryInfo, Viability
-from gpuserve.devices import FAKE_GPUS_ENV, Device, discover
-from gpuserve.errors import BackendError
+from gpuserve.plugin import FAKE_GPUS_ENV, Backend, BackendError, Device, MemoryInfo, Viability, discover
 
 _current = threading.local()
 _memory_caps: dict[str, float] = {}  # uuid -> fraction, as a framework's per-process cap

@@ -1,0 +1,80 @@
+"""The public plugin API: everything a backend or plugin author needs, from one place.
+
+    from gpuserve.plugin import Backend, Device, Viability, MemoryInfo, CapabilityError
+
+This module is the stable surface for code outside the core: first-party
+backends, third-party plugins and the conformance kit import from here and
+nowhere else in `gpuserve`. Names not listed in `__all__` (and every other
+module of `gpuserve`) are internal and may change between releases.
+
+What is here:
+
+- **Writing a backend** (`gpuserve.backends` entry points): `Backend`, its
+  answers `Viability` and `MemoryInfo`, `host_memory()`, and `CpuBackend` to
+  build a CPU-only backend on.
+- **Devices**: `Device` (one GPU, MIG instance or virtual CPU device, as a
+  frozen fact), `discover(env)` and its `Inventory`, `FAKE_GPUS_ENV` (the
+  fake inventory's variable), UUID spelling (`format_uuid`, `uuid_key`,
+  `same_device`), and the CUDA driver without any framework
+  (`cuda_driver_problem`, `cuda_device_uuid`).
+- **Inside a replica**: `context()` and `ReplicaContext`.
+- **Errors**: `GpuserveError`, `BackendError`, `CapabilityError` (a capability
+  the framework lacks: raise it, never fall back to another device).
+- **Registration**: the entry-point groups `BACKENDS_GROUP` and
+  `PLUGINS_GROUP` (a `setup(app)` hook that receives the aiohttp application),
+  and `installed_backend(name)` / `installed_backends()` (`BackendEntry`) to
+  load them as the server does.
+"""
+
+from __future__ import annotations
+
+from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
+from gpuserve.context import ReplicaContext, context
+from gpuserve.cpu_backend import CpuBackend
+from gpuserve.devices import FAKE_GPUS_ENV, Device, Inventory, discover
+from gpuserve.devices import libcuda as _libcuda
+from gpuserve.devices.uuids import format_uuid, same_device, uuid_key
+from gpuserve.errors import BackendError, CapabilityError, GpuserveError
+from gpuserve.registry import BACKENDS_GROUP, PLUGINS_GROUP, BackendEntry, installed_backend, installed_backends
+
+
+def cuda_driver_problem() -> str | None:
+    """Why the CUDA driver cannot be used here, or None when it can. Never initialises CUDA."""
+    return _libcuda.problem()
+
+
+def cuda_device_uuid(ordinal: int) -> bytes:
+    """The 16 UUID bytes of CUDA device `ordinal`, from the driver.
+
+    Initialises CUDA: call it only after your framework has (its visibility
+    is fixed by then). Raises `OSError` when the driver cannot answer.
+    """
+    return _libcuda.device_uuid(ordinal)
+
+
+__all__ = [
+    "BACKENDS_GROUP",
+    "FAKE_GPUS_ENV",
+    "PLUGINS_GROUP",
+    "Backend",
+    "BackendEntry",
+    "BackendError",
+    "CapabilityError",
+    "CpuBackend",
+    "Device",
+    "GpuserveError",
+    "Inventory",
+    "MemoryInfo",
+    "ReplicaContext",
+    "Viability",
+    "context",
+    "cuda_device_uuid",
+    "cuda_driver_problem",
+    "discover",
+    "format_uuid",
+    "host_memory",
+    "installed_backend",
+    "installed_backends",
+    "same_device",
+    "uuid_key",
+]
