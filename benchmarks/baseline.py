@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+# Internal on purpose: the same loop type (uvloop when installed) as gpuserve's server, or the
+# comparison would measure event loops instead of servers.
 from gpuserve.eventloop import new_event_loop
 
 from benchmarks.apps import example_model

@@ -1,8 +1,9 @@
 """Scenario `hotpath`: what each step of a request costs, in-process, without the network.
 
-The request path is HTTP -> codecs.argument_decoder -> Batcher.submit -> pool
--> executor -> codecs.encode -> HTTP. Each piece is timed alone on the event
-loop the server uses, driven by 1 and by 64 concurrent clients:
+The request path is HTTP -> json_codec.argument_decoder -> Batcher.submit ->
+pool lease -> executor -> json_codec.encode_json (in the replica) -> HTTP. Each
+piece is timed alone on the event loop the server uses, driven by 1 and by 64
+concurrent clients:
 
 - the codecs on the benchmark body;
 - the whole gpuserve route handler (decode, submit, batch, encode, response)
@@ -14,6 +15,10 @@ loop the server uses, driven by 1 and by 64 concurrent clients:
 - floors: a bare asyncio future round trip and a bare `run_in_executor` hop.
 
 Figures are the best of a few repeats: neighbours only ever make things slower.
+
+Unlike the rest of `benchmarks/`, which uses only public names (`gpuserve`,
+`gpuserve.plugin`, the CLI), this scenario imports internal modules: it
+times internal steps one by one, which no public API exposes on purpose.
 """
 
 from __future__ import annotations
@@ -31,16 +36,16 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
 from gpuserve.batching import Batcher
-from gpuserve.codecs import argument_decoder, encode
 from gpuserve.deployment import Deployment, prepare
 from gpuserve.eventloop import new_event_loop
 from gpuserve.executors import Executor, ThreadExecutor
-from gpuserve.executors.replica import BatchResult
+from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.pool import DevicePool
+from gpuserve.protocols.json_codec import argument_decoder, encode_json
 from gpuserve.protocols.native import add_native_routes
-from gpuserve.server import ServerState
 from gpuserve.service import spec_of
 from gpuserve.settings import Settings
+from gpuserve.state import ServerState, StopBudget
 
 from benchmarks import baseline
 from benchmarks.apps import BODY, Echo
@@ -65,8 +70,8 @@ class InlineExecutor(ThreadExecutor):
     async def start(self) -> None:
         self._replica.build()
 
-    async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
-        return self._replica.run(api_name, items)
+    async def run(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]) -> BatchResult:
+        return self._replica.run(api_name, items, encoders)
 
 
 def _best_us(call: Callable[[], Any], count: int) -> float:
@@ -137,18 +142,17 @@ async def _served(deployment: Deployment, executors: list[Executor], label: str,
     await pool.start()
     batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=max(CLIENTS) * 4, timeout=TIMEOUT_S)
     app = web.Application()
-    add_native_routes(app, ServerState(deployment, pool, batcher))
+    add_native_routes(app, ServerState(deployment, pool, batcher, StopBudget(1.0)))
     handler = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
-    dispatcher = asyncio.create_task(batcher.run())
+    batcher.start(on_failure=lambda exc: None)
     kwargs = orjson.loads(BODY)
     try:
         rows = await _handler_rows(f"gpuserve handler + {label}", handler, items)
-        values = {c: await _per_item(lambda: batcher.submit(API, kwargs), c, items) for c in CLIENTS}
+        values = {c: await _per_item(lambda: batcher.submit(API, kwargs, encode_json), c, items) for c in CLIENTS}
         rows += _rows(f"Batcher + {label}", values)
     finally:
-        dispatcher.cancel()
-        await asyncio.gather(dispatcher, return_exceptions=True)
-        await pool.stop()
+        await batcher.close()
+        await pool.stop(1.0)
     return rows
 
 
@@ -195,12 +199,12 @@ def run(config: RunConfig, progress: Callable[[int], None]) -> list[dict[str, An
     decode = argument_decoder(spec_of(Echo).apis[API])
     echo_result = orjson.loads(BODY)["x"]
     rows = [
-        {"step": "codecs.argument_decoder (benchmark body)", "clients": None,
+        {"step": "json_codec.argument_decoder (benchmark body)", "clients": None,
          "us_per_item": _best_us(lambda: decode(BODY), items * 4)},
-        {"step": "codecs.encode (echo result)", "clients": None,
-         "us_per_item": _best_us(lambda: encode(echo_result), items * 4)},
-        {"step": "codecs.encode (MLP result)", "clients": None,
-         "us_per_item": _best_us(lambda: encode(MLP_RESULT), items * 4)},
+        {"step": "json_codec.encode_json (echo result)", "clients": None,
+         "us_per_item": _best_us(lambda: encode_json(echo_result), items * 4)},
+        {"step": "json_codec.encode_json (MLP result)", "clients": None,
+         "us_per_item": _best_us(lambda: encode_json(MLP_RESULT), items * 4)},
     ]
     progress(1)
     loop = new_event_loop()

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+# Internal on purpose: the same loop type (uvloop when installed) as gpuserve's server, or the
+# comparison would measure event loops instead of servers.
 from gpuserve.eventloop import new_event_loop
 
 _WRK_MARK = "BENCH_JSON "

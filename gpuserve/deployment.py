@@ -17,7 +17,7 @@ from gpuserve.devices.driver import cuda_initialized_here
 from gpuserve.executors import Executor, Placement, ProcessExecutor, ThreadExecutor
 from gpuserve.planner import Plan, plan
 from gpuserve.registry import BackendEntry, default_registry
-from gpuserve.service import ServiceSpec
+from gpuserve.service import Isolation, ServiceSpec
 from gpuserve.settings import Settings
 
 log = logging.getLogger("gpuserve")
@@ -28,9 +28,8 @@ class Deployment:
     spec: ServiceSpec
     settings: Settings
     backend: Backend
-    backend_entry: BackendEntry
     plan: Plan  # ordinals as the server process sees them after narrowing
-    isolation: str
+    isolation: Isolation
     service_ref: str
     base_env: Mapping[str, str]
 
@@ -47,8 +46,10 @@ class Deployment:
         placements = []
         for worker in self.plan.workers:
             fraction = worker.memory_fraction
-            if fraction is not None:
-                fraction = shared[worker.devices[0].uuid] if self.isolation == "thread" else fraction / instances
+            if fraction is not None and self.isolation is Isolation.THREAD:
+                fraction = shared[worker.devices[0].uuid]
+            elif fraction is not None:
+                fraction = fraction / instances
             placements += [
                 Placement(worker.index, instance, worker.devices, worker.memory_limit, fraction)
                 for instance in range(instances)
@@ -56,7 +57,7 @@ class Deployment:
         return placements
 
     def executors(self) -> list[Executor]:
-        if self.isolation == "process":
+        if self.isolation is Isolation.PROCESS:
             return [
                 ProcessExecutor(self.spec, self.backend, p, service_ref=self.service_ref, base_env=self.base_env)
                 for p in self.placements()
@@ -100,14 +101,15 @@ def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, 
         log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
     isolation = choose_isolation(settings.isolation or spec.isolation, the_plan)
     # Ordinals as in the user's own environment, as `gpuserve plan` shows them.
-    log.info("backend %s (%s %s), isolation %s; plan:", entry.name, entry.distribution, entry.version, isolation)
+    log.info("backend %s (%s %s), isolation %s; plan:", entry.name, entry.distribution, entry.version,
+             isolation.value)
     for line in the_plan.describe():
         log.info("  %s", line)
     base_env = dict(environ)
-    if isolation == "thread":
+    if isolation is Isolation.THREAD:
         the_plan = _narrow_this_process(the_plan, environ)
         backend.limit_visibility(the_plan.gpu_union())
-    return Deployment(spec, settings, backend, entry, the_plan, isolation, service_ref_of(spec), base_env)
+    return Deployment(spec, settings, backend, the_plan, isolation, service_ref_of(spec), base_env)
 
 
 def shares_a_gpu(the_plan: Plan) -> bool:
@@ -116,15 +118,15 @@ def shares_a_gpu(the_plan: Plan) -> bool:
     return len(hosts) != len(set(hosts))
 
 
-def choose_isolation(declared: str | None, the_plan: Plan) -> str:
+def choose_isolation(declared: Isolation | None, the_plan: Plan) -> Isolation:
     """The declared isolation, else threads, unless fractional workers share a GPU.
 
     Frameworks cap GPU memory per process: two thread replicas at 0.5 would
     share one process cap, so by default such workers run as processes.
     """
     if declared is None:
-        return "process" if shares_a_gpu(the_plan) else "thread"
-    if declared == "thread" and shares_a_gpu(the_plan):
+        return Isolation.PROCESS if shares_a_gpu(the_plan) else Isolation.THREAD
+    if declared is Isolation.THREAD and shares_a_gpu(the_plan):
         log.warning("isolation='thread' with fractional workers sharing a GPU: frameworks cap memory per "
                     "process, so these replicas share one cap (the sum of their shares); use "
                     "isolation='process' to cap each")

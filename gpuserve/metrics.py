@@ -18,7 +18,7 @@ from gpuserve.devices import SourceUnavailable, source_for
 from gpuserve.stats import Stats
 
 if TYPE_CHECKING:
-    from gpuserve.server import ServerState
+    from gpuserve.state import ServerState
 
 log = logging.getLogger(__name__)
 

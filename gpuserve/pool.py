@@ -1,8 +1,17 @@
-"""The per-device executor pool: idle executors wait here to be handed work.
+"""The per-device executor pool: free executors, handed out as leases.
 
-Executors are pulled by the batcher only when free, so a batch never waits
-on a busy device while another is idle. An executor that is lost (its process
-died) is replaced in the background while the others keep serving.
+The batcher asks the pool for a lease when it has work, and only then: a
+batch never waits on a busy device while another is idle. A lease is one
+executor for one batch at a time:
+
+- `run(api, items, encoders)` runs a batch on it (raises `ExecutorDied` when
+  the executor was lost while running it);
+- `release()` gives it back once the batch is answered;
+- `replace()` gives it back to be rebuilt instead (its executor was lost):
+  it rejoins the free ones when the rebuild is done, while the others serve.
+
+The batcher depends on this module only; what an executor is (a thread, a
+process, something remote) is the executor's business.
 """
 
 from __future__ import annotations
@@ -10,84 +19,113 @@ from __future__ import annotations
 import asyncio
 import logging
 
-
 from gpuserve.errors import GpuserveError
-from gpuserve.executors.base import Executor
+from gpuserve.executors.base import Executor, ExecutorDied
+
+__all__ = ["DevicePool", "ExecutorDied", "Lease", "ReplicaBuildError"]
 
 log = logging.getLogger(__name__)
+RESTART_DELAY_S = 0.1  # the first wait after a failed restart; it doubles each time
+MAX_RESTART_DELAY_S = 10.0
 
 
 class ReplicaBuildError(GpuserveError):
     """A replica's constructor (the user's `__init__`) or its device failed."""
 
 
+class Lease:
+    """One executor, lent for one batch at a time. `key` names it in stats and logs."""
+
+    __slots__ = ("_pool", "executor", "key", "run")
+
+    def __init__(self, pool: "DevicePool", executor: Executor) -> None:
+        self._pool = pool
+        self.executor = executor
+        self.key = executor.key
+        # The executor's own bound method: no extra frame per batch. Its
+        # executor object is restarted in place, so the method stays valid.
+        self.run = executor.run
+
+    def release(self) -> None:
+        self._pool._idle.put_nowait(self)
+
+    def replace(self) -> None:
+        self._pool._replace(self)
+
+
 class DevicePool:
     def __init__(self, executors: list[Executor]) -> None:
         if not executors:
             raise ValueError("a pool needs at least one executor")
-        self.executors = executors
-        self._idle: asyncio.Queue[Executor] = asyncio.Queue()
+        self._leases = [Lease(self, executor) for executor in executors]
+        self._idle: asyncio.Queue[Lease] = asyncio.Queue()
         self._replacing: set[asyncio.Task[None]] = set()  # strong references while they run
         self.ready = False
 
     def __len__(self) -> int:
-        return len(self.executors)
+        return len(self._leases)
+
+    @property
+    def keys(self) -> list[str]:
+        """Every executor's key, in the order they were given."""
+        return [lease.key for lease in self._leases]
+
+    @property
+    def executors(self) -> list[Executor]:
+        return [lease.executor for lease in self._leases]
 
     async def start(self) -> None:
         """Build every replica (concurrently); ready once all are built."""
-        results = await asyncio.gather(*(e.start() for e in self.executors), return_exceptions=True)
-        failures = [(e, r) for e, r in zip(self.executors, results) if isinstance(r, BaseException)]
+        results = await asyncio.gather(*(lease.executor.start() for lease in self._leases), return_exceptions=True)
+        failures = [(lease, r) for lease, r in zip(self._leases, results) if isinstance(r, BaseException)]
         if failures:
-            executor, error = failures[0]
+            lease, error = failures[0]
             raise ReplicaBuildError(
-                f"replica {executor.key} failed to build: {type(error).__name__}: {error}"
+                f"replica {lease.key} failed to build: {type(error).__name__}: {error}"
                 + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
             ) from error
-        for executor in self.executors:
-            self._idle.put_nowait(executor)
+        for lease in self._leases:
+            self._idle.put_nowait(lease)
         self.ready = True
 
-    async def acquire(self) -> Executor:
-        """The next free executor; one found dead while idle is replaced, not handed out."""
+    async def acquire(self) -> Lease:
+        """The next free executor's lease; one found dead while idle is replaced, not handed out."""
         while True:
-            executor = await self._idle.get()
-            if executor.alive:
-                return executor
-            log.error("executor %s died while idle", executor.key)
-            self.replace(executor)
+            lease = await self._idle.get()
+            if lease.executor.alive:
+                return lease
+            log.error("executor %s died while idle", lease.key)
+            self._replace(lease)
 
-    def release(self, executor: Executor) -> None:
-        self._idle.put_nowait(executor)
-
-    def replace(self, executor: Executor) -> None:
-        """Restart a lost executor in the background; it rejoins the idle ones when built."""
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._restart(executor), name=f"gpuserve-restart-{executor.key}")
+    def _replace(self, lease: Lease) -> None:
+        """Restart a lost executor in the background; its lease is free again when it is built."""
+        task = asyncio.get_running_loop().create_task(self._restart(lease), name=f"gpuserve-restart-{lease.key}")
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
 
-    async def _restart(self, executor: Executor) -> None:
-        delay = 0.1
+    async def _restart(self, lease: Lease) -> None:
+        delay = RESTART_DELAY_S
         while True:
             try:
-                await executor.restart()
+                await lease.executor.restart()
             except Exception as exc:
-                log.error("restarting executor %s failed: %s; retrying in %.1fs", executor.key, exc, delay)
+                log.error("restarting executor %s failed: %s; retrying in %.1fs", lease.key, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RESTART_DELAY_S)
                 continue
-            log.warning("executor %s restarted", executor.key)
-            self.release(executor)
+            log.warning("executor %s restarted", lease.key)
+            lease.release()
             return
 
-    async def stop(self) -> bool:
-        """Stop every executor; False if some replica could not be ended."""
+    async def stop(self, grace_s: float) -> bool:
+        """Stop every executor, giving code still running about `grace_s`; False if some could not be ended."""
         self.ready = False
         for task in list(self._replacing):
             task.cancel()
         await asyncio.gather(*self._replacing, return_exceptions=True)
-        results = await asyncio.gather(*(e.stop() for e in self.executors), return_exceptions=True)
-        for executor, result in zip(self.executors, results):
+        executors = self.executors
+        results = await asyncio.gather(*(e.stop(grace_s) for e in executors), return_exceptions=True)
+        for executor, result in zip(executors, results):
             if isinstance(result, BaseException):
                 log.error("stopping %s failed: %s: %s", executor.key, type(result).__name__, result)
         return all(result is True for result in results)

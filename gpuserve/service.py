@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -12,12 +13,26 @@ import attrs
 from gpuserve.errors import DeclarationError
 from gpuserve.resources import Resources
 
-ISOLATIONS = ("thread", "process")
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _RESERVED_ROUTES = frozenset({"livez", "readyz", "metrics", "v2"})
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Isolation(str, enum.Enum):
+    """Where a replica runs: a thread of the server process, or a process of its own."""
+
+    THREAD = "thread"
+    PROCESS = "process"
+
+    @classmethod
+    def parse(cls, value: object) -> "Isolation":
+        try:
+            return cls(value)
+        except ValueError:
+            valid = " or ".join(repr(member.value) for member in cls)
+            raise DeclarationError(f"isolation={value!r} is invalid: expected {valid}") from None
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -53,7 +68,7 @@ class ServiceSpec:
     name: str
     resources: Resources
     workers: int
-    isolation: str | None  # None: threads, unless fractional workers share a GPU
+    isolation: Isolation | None  # None: threads, unless fractional workers share a GPU
     backend: str | None
     apis: Mapping[str, ApiSpec]
 
@@ -135,7 +150,7 @@ def service(
     name: str | None = None,
     resources: Mapping[str, Any] | Resources | None = None,
     workers: int = 1,
-    isolation: str | None = None,
+    isolation: Isolation | str | None = None,
     backend: str | None = None,
 ) -> Any:
     """Declare a class as a gpuserve service.
@@ -148,8 +163,7 @@ def service(
     """
     parsed = Resources.parse(resources)
     count = _positive_int("workers", workers)
-    if isolation is not None and isolation not in ISOLATIONS:
-        raise DeclarationError(f"isolation={isolation!r} is invalid: expected one of {list(ISOLATIONS)}")
+    declared_isolation = None if isolation is None else Isolation.parse(isolation)
     if backend is not None and (not isinstance(backend, str) or not backend):
         raise DeclarationError(f"backend={backend!r} is invalid: expected a backend name such as 'torch'")
 
@@ -172,7 +186,7 @@ def service(
             name=name or c.__name__,
             resources=parsed,
             workers=count,
-            isolation=isolation,
+            isolation=declared_isolation,
             backend=backend,
             apis=apis,
         )

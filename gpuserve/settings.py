@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from gpuserve.errors import DeclarationError
+from gpuserve.service import Isolation
 
 MiB = 1024 * 1024
 
@@ -25,7 +26,6 @@ def _check(predicate: Callable[[Any], bool], valid: str) -> Callable[[Any, attrs
 
 _port = _check(lambda v: 0 <= v <= 65535, "a port number 0..65535")
 _positive = _check(lambda v: v > 0, "a number > 0")
-_isolation = _check(lambda v: v in ("thread", "process"), "'thread' or 'process'")
 
 
 @attrs.frozen
@@ -33,7 +33,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=3000, validator=_port)
     backend: str | None = None
-    isolation: str | None = attrs.field(default=None, validator=_isolation)  # None: the service's own
+    # None: the service's own
+    isolation: Isolation | None = attrs.field(default=None, converter=attrs.converters.optional(Isolation.parse))
     workers: int | None = attrs.field(default=None, validator=_positive)  # None: the service's own
     require_gpu: bool = False
     cpu_devices: int = attrs.field(default=1, validator=_positive)  # virtual CPU devices to plan on

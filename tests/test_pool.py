@@ -14,6 +14,7 @@ from apps.basics import Nap
 from apps.batching_client import held, stats
 from gpuserve.deployment import prepare
 from gpuserve.executors import wire
+from gpuserve.protocols.json_codec import encode_json
 from gpuserve.service import spec_of
 from gpuserve.settings import Settings
 from serving import serve
@@ -59,10 +60,10 @@ def test_a_process_executor_never_takes_the_reply_to_a_batch_it_gave_up_on_for_t
         [executor] = prepare(spec_of(Nap), Settings(), dict(os.environ)).executors()
         await executor.start()
         try:
-            abandoned = asyncio.ensure_future(executor.run("nap", [{"seconds": 0.5}]))
+            abandoned = asyncio.ensure_future(executor.run("nap", [{"seconds": 0.5}], [encode_json]))
             await asyncio.sleep(0.1)
             abandoned.cancel()
-            return await executor.run("nap", [{"seconds": 0.01}])
+            return await executor.run("nap", [{"seconds": 0.01}], [encode_json])
         finally:
             await executor.stop()
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
-
-from aiohttp import web
 
 from gpuserve.deployment import prepare
 from gpuserve.errors import GpuserveError
-from gpuserve.eventloop import new_event_loop
 from gpuserve.loader import load_service
+from gpuserve.service import Isolation
 from gpuserve.settings import Settings
 
 log = logging.getLogger("gpuserve")
@@ -32,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default 3000; 0 picks a free one)")
     p.add_argument("--backend", help="backend to use (default: the service's, else the best installed)")
-    p.add_argument("--isolation", choices=["thread", "process"], help="replicas as threads or processes")
+    p.add_argument("--isolation", choices=[i.value for i in Isolation], help="replicas as threads or processes")
     p.add_argument("--workers", type=int, help="replicas to build (default: the service's workers=)")
     p.add_argument("--require-gpu", action="store_true", default=None,
                    help="fail instead of falling back to the CPU when no GPU can be used")
@@ -42,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, help="default request deadline in seconds")
     p.add_argument("--queue-size", type=int, help="requests queued per API before 503 (default: derived)")
     p.add_argument("--drain-timeout", type=float,
-                   help="on shutdown, seconds to let running requests finish (default 30)")
+                   help="on SIGTERM or Ctrl-C, seconds the whole stop may take: accepted requests finish "
+                   "(what is left gets 503), then the replicas end (default 30)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
 
@@ -58,29 +55,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpuserve: {exc}", file=sys.stderr)
         return 2
 
-    failed: list[str] = []
-
-    def stop_on_failure(reason: str) -> None:
-        failed.append(reason)
-        os.kill(os.getpid(), signal.SIGTERM)  # run_app's own graceful shutdown
-
+    from gpuserve.runner import serve
     from gpuserve.server import create_app
 
-    app = create_app(deployment, on_failure=stop_on_failure)
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop=loop,
-        handler_cancellation=True,  # a client that leaves cancels its request
-        shutdown_timeout=settings.drain_timeout,  # requests in flight get this long to finish
-        access_log=None,
-        print=lambda msg: log.info(msg.strip()),
-    )
-    code = 0
-    if failed:
-        print(f"gpuserve: {failed[0]}", file=sys.stderr)
-        code = 1
-    return code
+    failure = serve(create_app(deployment), settings)
+    if failure is not None:
+        print(f"gpuserve: {failure}", file=sys.stderr)
+        return 1
+    return 0

@@ -13,14 +13,13 @@ from gpuserve.backend import Backend
 from gpuserve.context import ReplicaContext
 from gpuserve.devices.device import Device
 from gpuserve.errors import GpuserveError
-from gpuserve.executors.replica import BatchResult
+from gpuserve.outcomes import BatchResult, Encoder
 
-
-STOP_GRACE_S = 10.0  # how long shutdown waits for a replica still running user code
+STOP_GRACE_S = 10.0  # how long a replica still running user code may take to end, unless told otherwise
 
 
 class ExecutorDied(GpuserveError):
-    """The executor was lost while running a batch (HTTP 503; it is restarted)."""
+    """The executor was lost while running a batch (its items fail; the pool restarts it)."""
 
 
 @attrs.frozen
@@ -68,8 +67,10 @@ class Executor(abc.ABC):
         return True
 
     @abc.abstractmethod
-    async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
-        """Run one batch; raises `ExecutorDied` if the executor was lost."""
+    async def run(
+        self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]
+    ) -> BatchResult:
+        """Run one batch, each item's result encoded by its encoder; raises `ExecutorDied` if lost."""
 
     async def restart(self) -> None:
         await self.stop()

@@ -13,8 +13,9 @@ import sys
 
 from gpuserve.executors import wire
 from gpuserve.executors.base import Placement
-from gpuserve.executors.replica import Failure, Replica
+from gpuserve.executors.replica import Replica
 from gpuserve.loader import load_service
+from gpuserve.outcomes import Failure
 from gpuserve.registry import default_registry
 
 
@@ -40,11 +41,11 @@ def serve(fd: int) -> None:
     wire.send(conn, ("ready", os.getpid()))
     while True:
         try:
-            api_name, items = wire.recv(conn)
+            api_name, items, encoders = wire.recv(conn)
         except EOFError:
             return
-        # Results travel as JSON bytes (encoded in `run`), so they always pickle.
-        wire.send(conn, replica.run(api_name, items))
+        # Results travel encoded by their protocols' encoders (in `run`), so they always pickle.
+        wire.send(conn, replica.run(api_name, items, encoders))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from gpuserve.backend import Backend
 from gpuserve.errors import GpuserveError
 from gpuserve.executors import wire
 from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement
-from gpuserve.executors.replica import BatchResult
+from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.service import ServiceSpec
 
 
@@ -156,11 +156,13 @@ class ProcessExecutor(Executor):
     def alive(self) -> bool:
         return self._channel is not None and self._channel.open and self._proc is not None and self._proc.poll() is None
 
-    async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
+    async def run(
+        self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]
+    ) -> BatchResult:
         try:
             if self._channel is None:
                 raise ChannelClosed()
-            return await self._channel.request((api_name, list(items)))
+            return await self._channel.request((api_name, items, encoders))
         except ChannelClosed:
             code = await self._end(grace_s=1.0)  # a child that is dying gets to say why
             raise ExecutorDied(f"worker process {self.key} (pid {self.pid}) died (exit code {code})") from None

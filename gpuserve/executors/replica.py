@@ -14,52 +14,31 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
-from gpuserve.context import ReplicaContext, bind
 from gpuserve.backend import Backend
-from gpuserve.codecs import encode
+from gpuserve.context import ReplicaContext, bind
+from gpuserve.outcomes import BatchResult, Encoder, Failure
 from gpuserve.service import ApiSpec, ServiceSpec
 
 
-@attrs.frozen
-class Failure:
-    """One item's error, as it travels back to the server."""
-
-    type: str
-    message: str
-
-    @classmethod
-    def of(cls, exc: BaseException) -> "Failure":
-        return cls(type(exc).__name__, str(exc))
-
-
-@attrs.frozen
-class BatchResult:
-    outcomes: list[Any]  # per item, in order: its result as JSON bytes, or a Failure
-    exec_s: float  # time spent in the user's method(s)
-    # Set after an out-of-memory error: the largest batch size that still ran, to stay at or below.
-    oom_ceiling: int | None = None
-
-
-def _encoded(outcome: Any) -> Any:
-    """An item's JSON bytes, or its Failure."""
+def _encoded(outcome: Any, encode: Encoder) -> Any:
+    """An item's encoded result, or its Failure."""
     if isinstance(outcome, Failure):
         return outcome
     try:
         return encode(outcome)
-    except TypeError as exc:
-        return Failure("TypeError", f"its result is not JSON: {exc}")
+    except (TypeError, ValueError) as exc:
+        return Failure(type(exc).__name__, f"its result cannot be encoded: {exc}")
 
 
-def _encode_all(outcomes: list[Any]) -> list[Any]:
-    """Every item's JSON bytes, or its Failure: in one C loop when all are JSON."""
-    if not any(isinstance(outcome, Failure) for outcome in outcomes):
+def _encode_all(outcomes: list[Any], encoders: Sequence[Encoder]) -> list[Any]:
+    """Every item's encoded result, or its Failure: in one C loop when one encoder fits all."""
+    first = encoders[0]
+    if encoders.count(first) == len(encoders) and not any(isinstance(o, Failure) for o in outcomes):
         try:
-            return list(map(encode, outcomes))
-        except TypeError:  # some result is not JSON: find which, item by item
+            return list(map(first, outcomes))
+        except (TypeError, ValueError):  # some result cannot be encoded: find which, item by item
             pass
-    return [_encoded(outcome) for outcome in outcomes]
+    return [_encoded(outcome, encode) for outcome, encode in zip(outcomes, encoders)]
 
 
 class BatchShapeError(Exception):
@@ -95,7 +74,8 @@ class Replica:
             params = list(inspect.signature(getattr(self.instance, api.method_name)).parameters.values())
             self._defaults[api.name] = {p.name: p.default for p in params if p.default is not p.empty}
 
-    def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
+    def run(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]) -> BatchResult:
+        """Run one batch; each item's result is encoded by its own encoder (its protocol's)."""
         api = self.spec.apis[api_name]
         with self._current_device():
             if not api.batchable:
@@ -108,7 +88,7 @@ class Replica:
                 exec_s, oom_ceiling = state["exec_s"], _ceiling(state["oom"], state["ran"])
             # Encoded here, beside the model: a tensor's copy to the host never
             # runs on the event loop, and never crosses a process boundary.
-            encoded = _encode_all(outcomes)
+            encoded = _encode_all(outcomes, encoders)
         return BatchResult(encoded, exec_s, oom_ceiling)
 
     def _run_each(self, api: ApiSpec, items: Sequence[dict[str, Any]]) -> tuple[list[Any], float]:

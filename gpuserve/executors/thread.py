@@ -11,7 +11,8 @@ from typing import Any
 
 from gpuserve.backend import Backend
 from gpuserve.executors.base import STOP_GRACE_S, Executor, Placement
-from gpuserve.executors.replica import BatchResult, Replica
+from gpuserve.executors.replica import Replica
+from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.service import ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class ThreadExecutor(Executor):
         self._thread.start()
         await self._submit(self._replica.build)
 
-    async def run(self, api_name: str, items: Sequence[dict[str, Any]]) -> BatchResult:
-        return await self._submit(self._replica.run, api_name, items)
+    async def run(
+        self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]
+    ) -> BatchResult:
+        return await self._submit(self._replica.run, api_name, items, encoders)
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
         thread, self._thread = self._thread, None

@@ -1,4 +1,9 @@
-"""JSON in, JSON out: request bodies to API arguments and results to bytes."""
+"""The native protocol's JSON: request bodies to API arguments, results to bytes.
+
+`encode_json` is the encoder the native routes hand the batcher with each
+request; it runs beside the model, in the replica's thread or process, so this
+module imports nothing but orjson and the declarations (never aiohttp).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 class BadRequest(GpuserveError):
-    """The request cannot be turned into an API call (HTTP 400)."""
+    """The request cannot be turned into an API call (the protocol answers 400)."""
 
 
 def argument_decoder(api: ApiSpec) -> Callable[[bytes], dict[str, Any]]:
@@ -60,5 +65,16 @@ def _fallback(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 
+class _ModuleEncoder(functools.partial):  # type: ignore[type-arg]
+    """A partial that pickles as a reference to `encode_json`, the name it is bound to below.
+
+    Pickled field by field, its keyword names would arrive as new strings, and
+    orjson recognises keyword names by identity (it then rejects them).
+    """
+
+    def __reduce__(self) -> str:
+        return "encode_json"
+
+
 # A partial of the C function: encoding a batch with `map` runs no Python frame per item.
-encode: Callable[[Any], bytes] = functools.partial(orjson.dumps, default=_fallback, option=_OPTIONS)
+encode_json: Callable[[Any], bytes] = _ModuleEncoder(orjson.dumps, default=_fallback, option=_OPTIONS)

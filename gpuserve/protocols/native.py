@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
 from gpuserve.batching import ItemFailed, Refused
-from gpuserve.codecs import argument_decoder, BadRequest
+from gpuserve.protocols.errors import json_error, refusal
+from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_json
 from gpuserve.service import ApiSpec
 
 if TYPE_CHECKING:
-    from gpuserve.server import ServerState
+    from gpuserve.state import ServerState
 
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline
-
-
-def json_error(status: int, message: str, *, retry_after: float | None = None, **extra: Any) -> web.Response:
-    headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else None
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": message, **extra}),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 def _timeout(raw: str) -> float:
@@ -61,11 +52,11 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, None if own is None else _timeout(own))
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else _timeout(own))
         except BadRequest as exc:
             return json_error(400, str(exc))
         except Refused as exc:
-            return json_error(exc.status, str(exc), retry_after=exc.retry_after, reason=exc.reason)
+            return refusal(exc)
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the item if it has not started.
         try:
@@ -73,8 +64,7 @@ def _api_handler(api: ApiSpec, state: "ServerState"):
         except ItemFailed as exc:
             return json_error(500, f"{name!r} failed: {exc}", type=exc.failure.type)
         except Refused as exc:
-            retry = exc.retry_after if exc.status == 503 else None
-            return json_error(exc.status, str(exc), retry_after=retry, reason=exc.reason)
+            return refusal(exc)
         return web.Response(body=payload, content_type="application/json")
 
     return handle

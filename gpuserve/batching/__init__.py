@@ -1,0 +1,14 @@
+"""The batcher and what it answers with; see `batcher.py` for how the pieces fit.
+
+- `queue.py`    pending requests of one API, and the requests in it
+- `admission.py` what is learned per (API, executor), and what is admitted
+- `dispatch.py`  queued work to free executors, one batch per pool lease
+- `settle.py`    each request answered once, and counted
+- `refusals.py`  why a request is answered without its result (`Reason`)
+"""
+
+from gpuserve.batching.batcher import Batcher
+from gpuserve.batching.queue import default_queue_size
+from gpuserve.batching.refusals import ItemFailed, Reason, Refused
+
+__all__ = ["Batcher", "ItemFailed", "Reason", "Refused", "default_queue_size"]

@@ -1,0 +1,211 @@
+"""Admission: what the batcher has learned about each (API, executor), and what it admits.
+
+`max_latency_ms` is kept by refusing early what a learned model of execution
+time says cannot make it, instead of queueing work that will be late. What is
+learned lives in one `Lane` per (API, executor): its latency model, its batch
+ceiling after an out-of-memory error, and how many unbatched calls share one
+hop to it. `Admission` turns lanes into decisions:
+
+- at the door (`check`): admit, admit as a probe, or refuse for latency;
+- when a batch is taken (`ceiling`, `late`): how many items it may hold, and
+  whether one item can no longer start in time;
+- after it ran (`learn`): feed the lane, and recompute the depth below which
+  the door needs no prediction at all (`admit_below`).
+
+Everything here is arithmetic on the event loop's clock, passed in as `now`,
+so the policy runs in tests without a server or an executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+from gpuserve.batching.refusals import Reason, Refused
+from gpuserve.latency import LatencyModel
+from gpuserve.outcomes import BatchResult
+from gpuserve.service import ApiSpec
+from gpuserve.stats import ApiStats
+
+log = logging.getLogger("gpuserve.batching")
+
+UNBATCHED_PER_HOP = 16  # unbatched calls per hop until the latency model knows what a call costs
+# A group of unbatched calls answers together, so it holds its first answer
+# back by the others' time: groups grow only as far as this allows.
+GROUP_BUDGET_S = 0.002
+UNBATCHED_MAX_PER_HOP = 64
+PROBE_INTERVAL_S = 1.0  # at most one request per interval runs against a refusing latency model
+
+
+class Lane:
+    """What one executor has learned about one API."""
+
+    __slots__ = ("key", "model", "ceiling", "group")
+
+    def __init__(self, key: str, per_hop: int) -> None:
+        self.key = key
+        self.model = LatencyModel()  # execution time against batch size
+        self.ceiling = per_hop  # batch size cap, lowered after an out-of-memory error
+        self.group = per_hop  # unbatched calls per hop, from the latency model
+
+
+class ApiAdmission:
+    """One API's admission state."""
+
+    __slots__ = ("api", "per_hop", "budget_s", "limit", "lanes", "next_probe", "last_learned", "admit_below",
+                 "_fastest")
+
+    def __init__(self, api: ApiSpec, keys: Iterable[str], limit: int) -> None:
+        self.api = api
+        # Items handed to an executor at once. An API that is not batchable is
+        # still called once per item, but a group of them shares one hop.
+        self.per_hop = api.max_batch_size if api.batchable else UNBATCHED_PER_HOP
+        self.budget_s = api.max_latency_ms / 1000
+        self.limit = limit
+        self.lanes = {key: Lane(key, self.per_hop) for key in keys}
+        self.next_probe = 0.0  # loop time after which a refused request may run as a probe
+        self.last_learned = 0.0  # loop time a lane of this API last learned from a batch
+        # Below this depth a new item surely fits its latency budget: no prediction needed.
+        self.admit_below = math.inf
+        self._fastest: dict[int, float | None] = {}  # size -> seconds; lanes change once per batch
+
+    def learned(self, now: float) -> None:
+        """A lane of this API learned from a batch: predictions made before are stale."""
+        self.last_learned = now
+        self._fastest.clear()
+
+    def fastest(self, size: int) -> float | None:
+        """Predicted seconds for a batch of `size` on the fastest lane with evidence."""
+        cached = self._fastest
+        if size in cached:
+            return cached[size]
+        found = None
+        for lane in self.lanes.values():
+            value = lane.model.predict(size)
+            if value is not None and (found is None or value < found):
+                found = value
+        cached[size] = found
+        return found
+
+
+class Admission:
+    """The policy over every API; `busy` holds each running executor's predicted end."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = list(keys)
+        self.executors = len(self.keys)
+        self.apis: dict[str, ApiAdmission] = {}
+        self.busy: dict[str, float | None] = {}  # executor key -> predicted end of its batch (None: unknown)
+
+    def add(self, api: ApiSpec, limit: int) -> ApiAdmission:
+        policy = self.apis[api.name] = ApiAdmission(api, self.keys, limit)
+        return policy
+
+    # -- at the door -----------------------------------------------------------------
+    def check(self, policy: ApiAdmission, depth: int, now: float, stats: ApiStats) -> bool:
+        """Admit a request behind `depth` queued ones, or raise `Refused`; True when admitted only as a probe."""
+        budget = policy.budget_s
+        predicted = self.predict_wait(policy, depth, now)
+        if predicted is None or predicted <= budget:
+            return False
+        # Refused requests never run, so a model with no fresh evidence would
+        # never learn that the device got faster: let one through now and then.
+        interval = max(budget, PROBE_INTERVAL_S)
+        if now - policy.last_learned >= interval and now >= policy.next_probe:
+            policy.next_probe = now + interval
+            return True
+        stats.refusals[Reason.LATENCY.value] += 1
+        raise Refused(
+            Reason.LATENCY,
+            f"{policy.api.name!r} cannot answer within max_latency_ms={policy.api.max_latency_ms:g}: "
+            f"predicted {predicted * 1000:.0f} ms with {depth} queued",
+            retry_after=self.retry_after(policy, depth),
+        )
+
+    def free_in(self, now: float) -> float:
+        """Seconds until some executor is free (0 when one is, or when unknown)."""
+        if len(self.busy) < self.executors:
+            return 0.0
+        return min(max(end - now, 0.0) if end is not None else 0.0 for end in self.busy.values())
+
+    def predict_wait(self, policy: ApiAdmission, depth: int, now: float) -> float | None:
+        """Wait for an executor, then for the full batches ahead, then this item's own batch."""
+        size = policy.per_hop
+        own = policy.fastest(min(depth + 1, size))
+        if own is None:
+            return None
+        rounds = depth // size / self.executors  # full batches ahead, shared by all executors
+        full = policy.fastest(size) if rounds else 0.0
+        return self.free_in(now) + rounds * (full or own) + own
+
+    def retry_after(self, policy: ApiAdmission, depth: int) -> float:
+        """Seconds until the queue has drained, by the latency model; at least 1."""
+        full = policy.fastest(policy.per_hop)
+        if full is None:
+            return 1.0
+        rounds = math.ceil(depth / policy.per_hop / self.executors)
+        return max(1.0, math.ceil(rounds * full))
+
+    # -- when a batch is taken -------------------------------------------------------------
+    def ceiling(self, policy: ApiAdmission, lane: Lane, depth: int) -> int:
+        """How many items the next batch on `lane` may hold."""
+        if policy.api.batchable:
+            return lane.ceiling
+        # Unbatched calls in a group run one after another: share them out.
+        return min(lane.group, max(1, -(-depth // self.executors)))
+
+    def late(self, policy: ApiAdmission, depth: int, now: float, stats: ApiStats, predicted: float,
+             waited_s: float) -> Refused:
+        """The refusal for an item that can no longer start in time (counted here)."""
+        stats.refusals[Reason.LATENCY.value] += 1
+        return Refused(
+            Reason.LATENCY,
+            f"{policy.api.name!r} could not start in time for max_latency_ms={policy.api.max_latency_ms:g}: "
+            f"predicted {predicted * 1000:.0f} ms to run after {waited_s * 1000:.0f} ms queued",
+            retry_after=self.retry_after(policy, depth),
+        )
+
+    def start(self, lane: Lane, size: int, now: float) -> None:
+        predicted = lane.model.predict(size)
+        self.busy[lane.key] = now + predicted if predicted is not None else None
+
+    def finish(self, lane: Lane) -> None:
+        del self.busy[lane.key]
+
+    # -- after a batch ran -----------------------------------------------------------------
+    def learn(self, policy: ApiAdmission, lane: Lane, size: int, result: BatchResult, now: float,
+              stats: ApiStats) -> None:
+        if result.oom_ceiling is None:
+            lane.model.observe(size, result.exec_s)
+            if not policy.api.batchable:
+                lane.group = lane.model.largest_within(GROUP_BUDGET_S, UNBATCHED_MAX_PER_HOP) or policy.per_hop
+            policy.learned(now)
+            self._refresh()
+            return
+        # A split batch's time says little about either size: learn from the next ones.
+        lane.ceiling = stats.batch_ceiling[lane.key] = min(lane.ceiling, result.oom_ceiling)
+        log.warning("%s ran out of memory in a batch of %d for %r; its batches are capped at %d",
+                    lane.key, size, policy.api.name, lane.ceiling)
+
+    def _refresh(self) -> None:
+        """Per API, the depth below which the door admits without a prediction.
+
+        Below it, even after the longest batch any executor may be running,
+        the full batches ahead and a full batch of its own fit the budget.
+        """
+        longest = max(
+            (lane.model.predict(policy.per_hop) or 0.0 for policy in self.apis.values()
+             for lane in policy.lanes.values()),
+            default=0.0,
+        )
+        for policy in self.apis.values():
+            full = policy.fastest(policy.per_hop)
+            spare = policy.budget_s - longest - (full or 0.0)
+            if spare < 0:
+                policy.admit_below = 0
+            elif not full or spare * self.executors / full > policy.limit:
+                policy.admit_below = math.inf
+            else:
+                rounds = math.floor(spare * self.executors / full)  # full batches ahead that fit
+                policy.admit_below = (rounds + 1) * policy.per_hop

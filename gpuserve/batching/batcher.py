@@ -1,0 +1,141 @@
+"""The batcher: bounded per-API queues feeding free executors of the pool.
+
+Each request carries a deadline kept here, on the event loop, apart from any
+executor (`gpuserve.deadlines`); `max_latency_ms` is kept by admission
+(`admission.py`); queued work goes to executors as they come free
+(`dispatch.py`) and comes back settled (`settle.py`).
+
+Per request the batcher does a few comparisons, one deque append and, for the
+result, one `set_result`: no timer, no done callback. Clients that left while
+queued are counted when their item leaves the queue, or when the queue is
+swept: before `stats` are read, and when it looks full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gpuserve.batching.admission import Admission
+from gpuserve.batching.dispatch import Dispatcher
+from gpuserve.batching.queue import ApiQueue, Pending, default_queue_size
+from gpuserve.batching.refusals import Reason, Refused
+from gpuserve.batching.settle import expire
+from gpuserve.deadlines import Deadlines
+from gpuserve.outcomes import Encoder
+from gpuserve.pool import DevicePool
+from gpuserve.service import ApiSpec
+from gpuserve.stats import Stats
+
+
+class Batcher:
+    """`timeout` is the default deadline of every request, in seconds (None: none)."""
+
+    def __init__(
+        self, apis: Iterable[ApiSpec], pool: DevicePool, *, queue_size: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        apis = list(apis)
+        self.stats = Stats([api.name for api in apis])
+        self._admission = Admission(pool.keys)
+        self._queues: dict[str, ApiQueue] = {}
+        for api in apis:
+            limit = queue_size or default_queue_size(api, len(pool))
+            self._queues[api.name] = ApiQueue(api, limit, self.stats[api.name], self._admission.add(api, limit))
+        self._deadlines = Deadlines(timeout, expire)
+        self._dispatcher = Dispatcher(self._queues.values(), pool, self._admission)
+        self._task: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    # -- the request side ----------------------------------------------------------
+    def submit(
+        self, api_name: str, kwargs: dict[str, Any], encoder: Encoder, timeout: float | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one item; the future resolves to its result, encoded by `encoder`, or raises.
+
+        Raises `Refused` at once (queue full, latency, shutting down) instead of
+        queueing work that cannot be served in time. After `timeout` seconds
+        (None: the batcher's default) the future raises `Refused` for the
+        deadline, wherever the item is; cancelling the future (the client left)
+        drops the item if it has not started.
+        """
+        queue = self._queues[api_name]
+        if not self.accepting:
+            queue.stats.refusals[Reason.SHUTTING_DOWN.value] += 1
+            raise Refused(Reason.SHUTTING_DOWN, "the server is shutting down", retry_after=1)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        depth = queue.checked_depth(now)
+        policy = queue.policy
+        if depth >= queue.limit:
+            queue.stats.refusals[Reason.QUEUE_FULL.value] += 1
+            raise Refused(
+                Reason.QUEUE_FULL,
+                f"queue of {api_name!r} is full ({queue.limit} waiting)",
+                retry_after=self._admission.retry_after(policy, depth),
+            )
+        probe = depth >= policy.admit_below and self._admission.check(policy, depth, now, queue.stats)
+        future = loop.create_future()
+        item = Pending(kwargs, encoder, future, queue, now, probe)
+        deadline = self._deadlines.default_timeout if timeout is None else timeout
+        if deadline is not None:
+            item.timeout = deadline
+            item.expires = now + deadline
+            self._deadlines.track(item, loop, timeout)
+        queue.items.append(item)
+        self._dispatcher.wake()
+        return future
+
+    # -- the dispatch side -----------------------------------------------------------
+    def start(self, on_failure: Callable[[BaseException], None]) -> None:
+        """Start dispatching; `on_failure` hears of a dispatcher that died (every request would then wait)."""
+        task = self._task = asyncio.get_running_loop().create_task(self._dispatcher.run(), name="gpuserve-dispatch")
+
+        def watch(done: asyncio.Task[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                on_failure(done.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(watch)
+
+    def read_stats(self) -> Stats:
+        """The serving signals, with every queue's depth made exact first."""
+        for queue in self._queues.values():
+            queue.sweep()
+        return self.stats
+
+    async def drain(self, until: float) -> None:
+        """Stop taking requests; let queued and running work finish until loop time `until`, then `close`."""
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        progress = self._dispatcher.progress
+        while not self._finished() and (left := until - loop.time()) > 0:
+            progress.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(progress.wait(), left)
+        await self.close()
+
+    def _finished(self) -> bool:
+        for queue in self._queues.values():
+            queue.sweep()
+        return self._dispatcher.idle and not any(queue.items for queue in self._queues.values())
+
+    async def close(self) -> None:
+        """Stop dispatching; answer what is left, running or queued, as shut down. Idempotent."""
+        self.accepting = False
+        task, self._task = self._task, None
+        if task is not None:  # cancelling it fails the running batches' items
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure was reported already
+                await task
+        self._deadlines.close()
+        for queue in self._queues.values():
+            while queue.items:
+                item: Pending = queue.pop()
+                if not item.future.done():
+                    queue.stats.refusals[Reason.SHUTTING_DOWN.value] += 1
+                    item.future.set_exception(
+                        Refused(Reason.SHUTTING_DOWN, "the server shut down before this ran", retry_after=1)
+                    )
+            queue.stats.queue_depth = 0

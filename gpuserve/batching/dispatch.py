@@ -1,0 +1,154 @@
+"""Dispatch: hand queued work to free executors, one batch per lease, and settle what comes back.
+
+Work-conserving: whenever an executor is free and work is queued, it takes up
+to a batch at once; nothing waits on a timer while a device is idle, so
+batches grow by themselves under load. Requests whose client left or whose
+deadline passed are dropped before batching and never run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from gpuserve.batching.admission import Admission
+from gpuserve.batching.queue import TAKEN, ApiQueue, Pending
+from gpuserve.batching.refusals import ItemFailed, Reason, Refused
+from gpuserve.batching.settle import ERROR, fail, settle
+from gpuserve.outcomes import Failure
+from gpuserve.pool import DevicePool, ExecutorDied, Lease
+
+log = logging.getLogger("gpuserve.batching")
+
+
+class Dispatcher:
+    def __init__(self, queues: Iterable[ApiQueue], pool: DevicePool, admission: Admission) -> None:
+        self._queues = list(queues)
+        self._pool = pool
+        self._admission = admission
+        self._work = asyncio.Event()  # set when a request is queued
+        self.progress = asyncio.Event()  # set when a batch finishes
+        self._running: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._work.set()
+
+    @property
+    def idle(self) -> bool:
+        return not self._admission.busy
+
+    async def run(self) -> None:
+        """Hand queued work to free executors until cancelled (then cancel what runs)."""
+        running = self._running
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._wait_for_work()
+                lease = await self._pool.acquire()  # after the wait: it is checked alive now
+                queue = self._oldest()  # work may have left while every executor was busy
+                batch = self._take(queue, lease) if queue is not None else []
+                if queue is None or not batch:
+                    lease.release()
+                    continue
+                lane = queue.policy.lanes[lease.key]
+                self._admission.start(lane, len(batch), loop.time())
+                stats = queue.stats
+                stats.batch_sizes[len(batch)] += 1
+                stats.in_flight[lease.key] += len(batch)
+                # Plain tasks, held in a set: a task group's start_soon costs
+                # tens of microseconds per batch on this path.
+                task = loop.create_task(self._execute(lease, queue, batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _wait_for_work(self) -> None:
+        while self._oldest() is None:
+            self._work.clear()
+            await self._work.wait()
+
+    def _oldest(self) -> ApiQueue | None:
+        """The queue whose oldest live item has waited longest."""
+        best: ApiQueue | None = None
+        for queue in self._queues:
+            items = queue.items
+            while items and items[0].future.done():  # client gone or deadline passed
+                queue.pop()
+            if items and (best is None or items[0].enqueued < best.items[0].enqueued):
+                best = queue
+        return best
+
+    def _take(self, queue: ApiQueue, lease: Lease) -> list[Pending]:
+        policy = queue.policy
+        lane = policy.lanes[lease.key]
+        admission = self._admission
+        ceiling = admission.ceiling(policy, lane, queue.depth)
+        model = lane.model
+        now = asyncio.get_running_loop().time()
+        stats = queue.stats
+        items = queue.items
+        # Items share one budget, so the oldest has the earliest deadline: when
+        # even a full batch finishes in time for it (or nothing is known yet),
+        # no item needs its own check.
+        largest = model.predict(min(ceiling, queue.depth)) if items else None
+        check = largest is not None and now + largest > items[0].latency_deadline
+        batch: list[Pending] = []
+        waited = 0.0
+        popleft = items.popleft
+        while items and len(batch) < ceiling:
+            item = popleft()
+            if item.future.done():
+                queue.forget(item)
+                continue
+            if check and not item.probe:
+                predicted = model.predict(len(batch) + 1)
+                if predicted is not None and now + predicted > item.latency_deadline:
+                    item.future.set_exception(
+                        admission.late(policy, queue.depth, now, stats, predicted, now - item.enqueued)
+                    )
+                    continue
+            item.state = TAKEN
+            waited += now - item.enqueued
+            batch.append(item)
+        if batch:  # the first item is the oldest
+            stats.queue_time.add_many(len(batch), waited, now - batch[0].enqueued)
+        return batch
+
+    def _finish(self, lease: Lease, queue: ApiQueue, size: int) -> None:
+        self._admission.finish(queue.policy.lanes[lease.key])
+        queue.stats.in_flight[lease.key] -= size
+        self.progress.set()
+
+    async def _execute(self, lease: Lease, queue: ApiQueue, batch: list[Pending]) -> None:
+        stats = queue.stats
+        try:
+            result = await lease.run(queue.api.name, [item.kwargs for item in batch],
+                                     [item.encoder for item in batch])
+        except ExecutorDied as exc:
+            self._finish(lease, queue, len(batch))
+            log.error("%s; failing %d request(s) and restarting it", exc, len(batch))
+            lost = Refused(Reason.EXECUTOR_LOST, str(exc), retry_after=1)
+            fail(batch, lost, stats, Reason.EXECUTOR_LOST.value)
+            lease.replace()
+            return
+        except Exception as exc:  # the executor itself failed, not the user's code
+            self._finish(lease, queue, len(batch))
+            log.exception("executor %s failed a batch", lease.key)
+            fail(batch, ItemFailed(Failure.of(exc)), stats, ERROR)
+            lease.release()
+            return
+        except BaseException:  # cancelled: the server is stopping
+            self._finish(lease, queue, len(batch))
+            stopped = Refused(Reason.SHUTTING_DOWN, "the server shut down while this ran", retry_after=1)
+            fail(batch, stopped, stats, Reason.SHUTTING_DOWN.value)
+            raise
+        self._finish(lease, queue, len(batch))
+        lease.release()
+        self._admission.learn(queue.policy, queue.policy.lanes[lease.key], len(batch), result,
+                              asyncio.get_running_loop().time(), stats)
+        stats.exec_time[lease.key].add(result.exec_s)
+        settle(batch, result, stats)

@@ -1,0 +1,102 @@
+"""The queue of pending requests of one API, and the requests in it.
+
+A request is answered through its future. Requests whose client left or whose
+deadline passed stay in the deque until they are popped from its front or the
+queue is swept, so the depth is kept as `len(items) - expired` and made exact
+by a sweep when it matters (a queue that looks full, a stats read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from gpuserve.batching.refusals import Reason
+from gpuserve.outcomes import Encoder
+from gpuserve.service import ApiSpec
+from gpuserve.stats import ApiStats
+
+if TYPE_CHECKING:
+    from gpuserve.batching.admission import ApiAdmission
+
+# Where a pending request is: waiting in its queue, taken into a batch, or
+# expired while it waited (still in the queue until it is popped or swept).
+QUEUED, TAKEN, EXPIRED = range(3)
+FULL_SWEEP_INTERVAL_S = 0.01  # a queue that looks full is swept for clients that left at most this often
+
+
+def default_queue_size(api: ApiSpec, executors: int) -> int:
+    """Room for a few rounds of full batches on every executor."""
+    return max(4 * api.max_batch_size * executors, 64)
+
+
+class Pending:
+    __slots__ = ("kwargs", "encoder", "future", "queue", "enqueued", "latency_deadline", "expires", "timeout",
+                 "state", "probe")
+
+    def __init__(self, kwargs: dict[str, Any], encoder: Encoder, future: asyncio.Future[Any], queue: ApiQueue,
+                 now: float, probe: bool) -> None:
+        self.kwargs = kwargs
+        self.encoder = encoder
+        self.future = future
+        self.queue = queue
+        self.enqueued = now
+        self.latency_deadline = now + queue.policy.budget_s
+        self.expires = math.inf
+        self.timeout = math.inf
+        self.state = QUEUED
+        self.probe = probe  # admitted despite the latency model, to refresh its evidence
+
+
+class ApiQueue:
+    __slots__ = ("api", "policy", "items", "limit", "expired", "stats", "swept")
+
+    def __init__(self, api: ApiSpec, limit: int, stats: ApiStats, policy: ApiAdmission) -> None:
+        self.api = api
+        self.policy = policy  # its admission state, beside it so that a request finds it in one step
+        self.items: deque[Pending] = deque()
+        self.limit = limit
+        self.expired = 0  # items still in `items` that expired while queued
+        self.stats = stats
+        self.swept = -math.inf  # loop time of the last sweep forced by a full-looking queue
+        stats.queue_limit = limit
+
+    @property
+    def depth(self) -> int:
+        """Live items, and those whose client left but that are not popped or swept yet."""
+        return len(self.items) - self.expired
+
+    def pop(self) -> Pending:
+        item = self.items.popleft()
+        if item.future.done():
+            self.forget(item)
+        return item
+
+    def forget(self, item: Pending) -> None:
+        """Account for a settled item that just left the queue."""
+        if item.state == EXPIRED:
+            self.expired -= 1
+        else:  # the client left while it waited
+            self.stats.refusals[Reason.CANCELLED.value] += 1
+
+    def sweep(self) -> None:
+        """Forget every settled item: the depth is then exact."""
+        live: deque[Pending] = deque()
+        for item in self.items:
+            if item.future.done():
+                self.forget(item)
+            else:
+                live.append(item)
+        self.items = live
+        self.stats.queue_depth = len(live)
+
+    def checked_depth(self, now: float) -> int:
+        """The depth a new request is measured against, swept first when the queue looks full."""
+        depth = len(self.items) - self.expired
+        if depth >= self.limit and now - self.swept >= FULL_SWEEP_INTERVAL_S:
+            self.swept = now  # clients that left still count until swept
+            self.sweep()
+            depth = len(self.items)
+        return depth

@@ -1,0 +1,38 @@
+"""What a batch comes back as: per item, its encoded result or its failure.
+
+Executors produce these, the pool hands them up, the batcher settles each
+request from them. An `Encoder` is chosen by the protocol that received the
+request and applied beside the model (see `executors/replica.py`): a result
+never crosses to the event loop, or out of a worker process, unencoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+# Turns one item's result into what its protocol sends. Must be picklable by
+# reference (a module-level function or a partial of one) to reach a worker process.
+Encoder = Callable[[Any], Any]
+
+
+@attrs.frozen
+class Failure:
+    """One item's error, as it travels back to the server."""
+
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Failure":
+        return cls(type(exc).__name__, str(exc))
+
+
+@attrs.frozen
+class BatchResult:
+    outcomes: list[Any]  # per item, in order: its encoded result, or a Failure
+    exec_s: float  # time spent in the user's method(s)
+    # Set after an out-of-memory error: the largest batch size that still ran, to stay at or below.
+    oom_ceiling: int | None = None

@@ -1,0 +1,79 @@
+"""Run an application until a signal or a failure, then stop it within its budget.
+
+What `aiohttp.web.run_app` does, with what a model server needs beside it:
+a port that cannot be bound, and replicas that cannot be built, end the
+process with one line and a non-zero status (no traceback, no signal sent to
+itself); SIGINT and SIGTERM stop it in order (`lifecycle.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+
+from aiohttp import web
+
+from gpuserve.eventloop import new_event_loop
+from gpuserve.settings import Settings
+from gpuserve.state import STATE
+
+log = logging.getLogger("gpuserve")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def serve(app: web.Application, settings: Settings) -> str | None:
+    """Serve `app` until stopped; None after a clean stop, else why it could not serve."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(app, settings))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+async def _serve(app: web.Application, settings: Settings) -> str | None:
+    state = app[STATE]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    state.on_failure = lambda _reason: stop.set()
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,  # a client that leaves cancels its request
+        shutdown_timeout=state.stop.http_s,  # the batcher has answered every request by then
+    )
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            state.fail(_cannot_listen(settings, exc))
+        else:
+            host, port = runner.addresses[0][:2]
+            log.info("serving on http://%s:%d", host, port)
+            await stop.wait()
+            if state.failure is None:
+                log.info("stopping: finishing accepted requests within %g s (--drain-timeout)", state.stop.total_s)
+    finally:
+        await runner.cleanup()
+        for sig in _SIGNALS:
+            loop.remove_signal_handler(sig)
+    return state.failure
+
+
+def _cannot_listen(settings: Settings, exc: OSError) -> str:
+    where = f"{settings.host}:{settings.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: the port is already in use (choose another with --port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: no such address on this machine (--host)"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
