@@ -12,8 +12,9 @@ from collections.abc import Mapping, MutableMapping
 import attrs
 
 from gpuserve.backend import Backend
-from gpuserve.devices import discover
+from gpuserve.devices import FAKE_GPUS_ENV, discover, warn_once
 from gpuserve.devices.driver import cuda_initialized_here
+from gpuserve.errors import BackendError, PlanError
 from gpuserve.executors import Executor, Placement, ProcessExecutor, ThreadExecutor
 from gpuserve.planner import Plan, plan
 from gpuserve.registry import BackendEntry, default_registry
@@ -73,13 +74,15 @@ def plan_service(
     spec: ServiceSpec, settings: Settings, environ: Mapping[str, str]
 ) -> tuple[BackendEntry, Backend, Plan]:
     """The backend `serve` would use and the plan it would follow (`gpuserve plan` shows it)."""
-    entry = default_registry().choose(settings.backend, spec.backend)
+    entry = default_registry().choose(settings.backend, spec.backend, fake_gpus=bool(environ.get(FAKE_GPUS_ENV)))
     assert entry.cls is not None
     backend = entry.cls()
+    inventory = discover(environ)
+    warn_once(inventory)
     the_plan = plan(
         spec.resources,
         settings.workers or spec.workers,
-        discover(environ),
+        inventory,
         require_gpu=settings.require_gpu,
         cpu_devices=settings.cpu_devices,
         gpu_capable=backend.uses_gpus,
@@ -97,6 +100,7 @@ def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, 
     isolation each child gets its own narrowed environment instead.
     """
     entry, backend, the_plan = plan_service(spec, settings, environ)
+    refuse_fake_gpus(entry, the_plan, environ)
     if the_plan.fallback_reason:
         log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
     isolation = choose_isolation(settings.isolation or spec.isolation, the_plan)
@@ -112,6 +116,17 @@ def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, 
     return Deployment(spec, settings, backend, the_plan, isolation, service_ref_of(spec), base_env)
 
 
+def refuse_fake_gpus(entry: BackendEntry, the_plan: Plan, environ: Mapping[str, str]) -> None:
+    """A framework's backend on simulated GPUs would fail in the framework: say so, with the way out."""
+    fake = environ.get(FAKE_GPUS_ENV)
+    if fake and the_plan.gpu_union() and not entry.serves_fake_gpus:
+        raise BackendError(
+            f"the plan puts workers on the simulated GPUs of {FAKE_GPUS_ENV}={fake}, which backend "
+            f"{entry.name!r} cannot run on: serve with --backend fake-gpu, or unset {FAKE_GPUS_ENV} "
+            "to serve on this machine's own devices"
+        )
+
+
 def shares_a_gpu(the_plan: Plan) -> bool:
     """Whether fractional workers share a GPU (their memory caps need separate processes)."""
     hosts = [w.devices[0].uuid for w in the_plan.workers if w.memory_fraction is not None]
@@ -119,13 +134,19 @@ def shares_a_gpu(the_plan: Plan) -> bool:
 
 
 def choose_isolation(declared: Isolation | None, the_plan: Plan) -> Isolation:
-    """The declared isolation, else threads, unless fractional workers share a GPU.
+    """The declared isolation, else threads, unless fractional workers share a GPU or MIG forbids.
 
     Frameworks cap GPU memory per process: two thread replicas at 0.5 would
-    share one process cap, so by default such workers run as processes.
+    share one process cap, so by default such workers run as processes. One
+    process enumerates one MIG device and nothing beside it, so threads, which
+    all live in the server process, cannot hold a MIG device and another.
     """
+    mig = the_plan.one_process_problem()
+    if mig is not None and declared is Isolation.THREAD:
+        raise PlanError(f"isolation='thread' puts every worker in the server process, but {mig}; "
+                        "use isolation='process' (each worker then sees its own devices), or leave it unset")
     if declared is None:
-        return Isolation.PROCESS if shares_a_gpu(the_plan) else Isolation.THREAD
+        return Isolation.PROCESS if shares_a_gpu(the_plan) or mig is not None else Isolation.THREAD
     if declared is Isolation.THREAD and shares_a_gpu(the_plan):
         log.warning("isolation='thread' with fractional workers sharing a GPU: frameworks cap memory per "
                     "process, so these replicas share one cap (the sum of their shares); use "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Warnings (a cut-short CUDA_VISIBLE_DEVICES, ...) reach stderr; `serve` sets up its own log format.
+    logging.basicConfig(level=logging.WARNING, format="gpuserve: %(levelname)s: %(message)s")
     return int(args.run(args) or 0)
 
 

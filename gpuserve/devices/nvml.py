@@ -95,13 +95,15 @@ class NvmlSource:
                     memory_used=int(memory.used),
                     pci_bus_id=parent.pci_bus_id,
                     mig_parent=parent.uuid,
+                    gpu_instance=self._optional(pynvml, lambda: pynvml.nvmlDeviceGetGpuInstanceId(mig)),
+                    compute_instance=self._optional(pynvml, lambda: pynvml.nvmlDeviceGetComputeInstanceId(mig)),
                 )
             )
         return tuple(instances)
 
     @staticmethod
     def _optional(pynvml: Any, read: Any) -> Any:
-        """A reading some GPUs do not support (utilization, temperature, MIG mode)."""
+        """A reading some GPUs do not support (utilization, temperature, MIG mode and ids)."""
         try:
             return read()
         except pynvml.NVMLError:
