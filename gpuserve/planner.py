@@ -83,12 +83,15 @@ class Plan:
         )
 
     def describe(self) -> list[str]:
-        """One line per worker, for the startup log."""
+        """One line per worker, for the startup log.
+
+        A GPU shows its ordinal in this environment; one that this process does
+        not enumerate (MIG) shows none: the worker's process, or the server
+        narrowed to the plan's GPUs, numbers its devices from `cuda:0`.
+        """
         lines = []
         for worker in self.workers:
-            devices = ", ".join(
-                f"{d.where} {d.name} ({d.uuid})" if d.is_gpu else d.label for d in worker.devices
-            )
+            devices = ", ".join(d.described for d in worker.devices)
             cap = f", memory cap {format_bytes(worker.memory_limit)}" if worker.memory_limit else ""
             lines.append(f"worker {worker.index}: {devices}{cap}")
         return lines
@@ -260,7 +263,7 @@ def _cannot_fit(
     for device in inventory.devices:
         note = f"  [{why_not[device.index]}]" if device.index in why_not else ""
         lines.append(
-            f"  {device.where} {device.name} ({device.uuid}): "
+            f"  {device.described}: "
             f"{format_bytes(device.memory_free)} free of {format_bytes(device.memory_total)}{note}"
         )
     if inventory.cut_short:

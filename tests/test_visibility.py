@@ -180,7 +180,8 @@ def test_one_process_enumerates_only_the_first_mig_device(mig_machine: str) -> N
     # The rest stay usable from worker processes of their own, listed after it, in list order.
     assert uuids(inventory) == [MIG_E, A, B, MIG_F]
     assert [d.enumerated for d in inventory.devices] == [True, False, False, False]
-    assert inventory.devices[3].where == "cuda:0 of its own process"
+    assert inventory.devices[3].described == f"NVIDIA A100-SXM4-80GB MIG 3g.40gb ({MIG_F})"
+    assert inventory.devices[0].described == f"cuda:0 NVIDIA A100-SXM4-80GB MIG 3g.40gb ({MIG_E})"
 
 
 def test_plain_gpus_listed_beside_a_mig_device_are_not_enumerated(mig_machine: str) -> None:

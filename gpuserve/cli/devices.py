@@ -103,8 +103,9 @@ def _table(inventory: Inventory) -> str:
     hidden = len(inventory.devices) - len(inventory.enumerated)
     if hidden:
         lines.append(
-            f"CUDA '-': {hidden} device(s) usable only from a worker process of their own, where each is cuda:0: "
-            f"one CUDA process enumerates one MIG device and no other device beside it ({MIG_GUIDE}, "
-            "'CUDA Device Enumeration'; drivers from R570 relax this, gpuserve plans by the rule that holds on all)"
+            f"CUDA '-': {hidden} device(s) this process does not enumerate beside cuda:0, because one CUDA "
+            f"process enumerates one MIG device and no other device beside it ({MIG_GUIDE}, 'CUDA Device "
+            "Enumeration'; drivers from R570 relax this). gpuserve plans them for worker processes that see "
+            "them, numbered from cuda:0"
         )
     return "\n".join(lines)

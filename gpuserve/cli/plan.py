@@ -67,4 +67,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"plan for {spec.name} with backend {entry.name}, isolation {isolation.value} ({result.inventory_source}):")
     for line in result.describe():
         print(f"  {line}")
+    if any(not d.enumerated for d in result.gpu_union()):
+        print("GPUs shown without cuda:N are ones a process here does not enumerate (one CUDA process sees one "
+              "MIG device and nothing beside it); the process that serves them, a worker's or the server "
+              "narrowed to the plan's GPUs, numbers them from cuda:0")
     return 0

@@ -51,9 +51,11 @@ class Device:
         return f"{self.kind}:{self.index}"
 
     @property
-    def where(self) -> str:
-        """Its label where this process enumerates it, else where it will be `cuda:0`."""
-        return self.label if self.enumerated else f"{self.kind}:0 of its own process"
+    def described(self) -> str:
+        """`cuda:0 NVIDIA H100 (GPU-…)`; without the ordinal where this process does not enumerate it."""
+        if not self.is_gpu:
+            return self.label
+        return f"{self.label + ' ' if self.enumerated else ''}{self.name} ({self.uuid})"
 
     def renumbered(self, index: int) -> "Device":
         """As a process whose `CUDA_VISIBLE_DEVICES` lists exactly its group sees it."""
