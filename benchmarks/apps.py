@@ -1,8 +1,9 @@
-"""The services gpuserve serves in the benchmarks: an echo and the example MLP.
+"""The services gpuserve serves in the benchmarks: an echo, the example MLP and ResNet-50.
 
-Each comes with and without batching. The MLP is the example classifier's own
-model and forward pass (`examples/classifier/model.py`), loaded from its file
-so that the baseline server runs exactly the same code.
+The echo and the MLP come with and without batching. The MLP is the example
+classifier's own model and forward pass (`examples/classifier/model.py`),
+loaded from its file so that the baseline server runs exactly the same code.
+ResNet-50 (scenario `resnet`) runs the same `classify` as its offline loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from types import ModuleType
 from typing import Any
 
 import gpuserve
+
+from benchmarks.config import RESNET_BATCH
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "classifier" / "model.py"
 MAX_BATCH = 64  # the example classifier's own max_batch_size
@@ -57,3 +60,20 @@ class Mlp:
     @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
     def predict_batched(self, x: list[list[float]]) -> list[dict]:
         return self.code.predict(self.model, x, self.device)
+
+
+@gpuserve.service(resources={"gpu": 1})
+class ResNet50:
+    """ResNet-50 (fp16 on GPUs) on images the request names by index (`benchmarks/resnet_model.py`)."""
+
+    def __init__(self) -> None:
+        from benchmarks import resnet_model
+
+        device = gpuserve.context().device
+        self.net = resnet_model
+        self.model, self.bank = resnet_model.build(device), resnet_model.make_bank(device)
+
+    # A generous latency bound: this measures throughput, and admission must not refuse the load.
+    @gpuserve.api(batchable=True, max_batch_size=RESNET_BATCH, max_latency_ms=10_000)
+    def classify(self, image: list[int]) -> list[int]:
+        return self.net.classify(self.model, self.bank, image)

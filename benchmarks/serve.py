@@ -32,6 +32,7 @@ class Target:
     workload: str  # "echo", "echo_batched", "mlp", "mlp_batched"
     server: str
     path: str
+    body: bytes = BODY  # what every request of this target posts
 
 
 GPUSERVE = (
@@ -87,7 +88,8 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
         for concurrency in config.concurrency:
             if config.warmup_s > 0:
                 for target in chosen:
-                    loadgen.measure(tool, servers[target.server].url + target.path, BODY, concurrency, config.warmup_s)
+                    loadgen.measure(tool, servers[target.server].url + target.path, target.body, concurrency,
+                                    config.warmup_s)
                     progress(1)
             for number in range(config.rounds):
                 # Every other round in reverse: whoever goes first after a pause,
@@ -105,7 +107,8 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
 
 def check(server: Server, target: Target) -> None:
     """One request first: a benchmark of error answers would be worthless."""
-    request = urllib.request.Request(server.url + target.path, data=BODY, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(server.url + target.path, data=target.body,
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
         json.loads(answer.read())
 
@@ -113,7 +116,7 @@ def check(server: Server, target: Target) -> None:
 def measure(tool: str, server: Server, target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
     batches_before = batch_sizes(server, target)
     cpu_before = server.cpu_seconds()
-    load = loadgen.measure(tool, server.url + target.path, BODY, concurrency, seconds)
+    load = loadgen.measure(tool, server.url + target.path, target.body, concurrency, seconds)
     cpu_after = server.cpu_seconds()
     point = attrs.asdict(load)
     known = cpu_before is not None and cpu_after is not None

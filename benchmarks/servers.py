@@ -134,12 +134,13 @@ def launch(name: str, command: Sequence[str], log_dir: Path, env: Mapping[str, s
 
 
 @contextlib.contextmanager
-def running(servers: Sequence[tuple[str, Sequence[str]]], log_dir: Path) -> Iterator[dict[str, Server]]:
+def running(servers: Sequence[tuple[str, Sequence[str]]], log_dir: Path,
+            env: Mapping[str, str] | None = None) -> Iterator[dict[str, Server]]:
     """Start every server at once (their imports overlap), wait for all, stop all at the end."""
     started: dict[str, Server] = {}
     try:
         for name, command in servers:
-            started[name] = launch(name, command, log_dir)
+            started[name] = launch(name, command, log_dir, env)
         for server in started.values():
             server.wait_ready()
         yield started

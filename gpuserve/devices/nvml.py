@@ -108,3 +108,21 @@ class NvmlSource:
             return read()
         except pynvml.NVMLError:
             return None
+
+
+def driver_versions() -> dict[str, str] | None:
+    """The NVIDIA driver's version and the CUDA version it supports (`{"version": "570.86.15", "cuda": "12.8"}`),
+    from NVML; None without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no library, no driver: nothing to describe
+        return None
+    try:
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return {"version": _text(pynvml.nvmlSystemGetDriverVersion()), "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}"}
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
