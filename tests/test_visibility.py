@@ -228,3 +228,10 @@ def test_the_fake_inventory_docs_example_says_what_discovery_does(tmp_path: Path
     assert enumerated(inventory) == [a100["mig"][0]["uuid"]]
     assert uuids(inventory) == [a100["mig"][0]["uuid"], h100["uuid"]]
     assert "cuda:0` is the A100's MIG instance" in text and "H100 is not enumerated" in text
+    path = str(tmp_path / "example.json")
+    for value, order, shown in (("GPU-5e3b", None, h100["uuid"]), ("0", None, h100["uuid"]),
+                                ("0", "PCI_BUS_ID", a100["mig"][0]["uuid"]),
+                                (f"MIG-{a100['uuid']}/1/0", None, a100["mig"][0]["uuid"])):
+        env = {"CUDA_VISIBLE_DEVICES": value, **({"CUDA_DEVICE_ORDER": order} if order else {})}
+        assert f"`{value}`" in text or f"CUDA_VISIBLE_DEVICES={value}`" in text
+        assert uuids(visible(path, **env)) == [shown]
