@@ -19,7 +19,7 @@ import pytest
 
 from gpuserve.cli.selfcheck import BENCHMARKS, Step, run_steps, steps
 from gpuserve.cli.selfcheck_report import summary
-from gpuserve.registry import installed_backends
+from gpuserve.registry import BackendEntry, installed_backends
 from gpuserve.testing.pytest_plugin import real_gpu_count
 from serving import ROOT
 
@@ -42,9 +42,10 @@ def test_it_runs_the_core_each_installed_backends_gpu_tests_and_the_benchmarks(t
     entries = installed_backends()
     plan = steps(ROOT, tmp_path, entries)
     names = [step.name for step in plan]
-    expected = ["core"] + [f"backend {e.name}" for e in entries if (ROOT / "backends" / str(e.distribution)).is_dir()]
+    expected = ["core"] + [f"backend {e.name}" for e in entries
+                           if (ROOT / "backends" / str(e.distribution)).is_dir() and not e.serves_fake_gpus]
     assert names[0] == "core" and set(expected) <= set(names) and names[-1] == "benchmarks"
-    assert "backend torch" in names and "backend fake-gpu" in names
+    assert "backend torch" in names and "backend fake-gpu" not in names  # simulated GPUs: nothing to check
     for step in plan[:-1]:
         folder = Path(step.command[3])
         assert folder.name == "tests" and folder.is_dir()
@@ -118,6 +119,15 @@ def test_a_step_left_without_time_is_not_run_and_says_so(tmp_path: Path) -> None
     result = run_steps([Step("late", (sys.executable, "-c", "pass"))], tmp_path, tmp_path, dict(os.environ), budget=10)
     [step] = result["steps"]
     assert step["status"] == "not run" and "budget is spent" in step["checks"][0]["message"]
+
+
+def test_a_backend_that_cannot_run_here_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    broken = BackendEntry("torch", "gpuserve-torch", "0.1.0", None, "ImportError: libcudart.so.12: cannot open")
+    [step] = [s for s in steps(ROOT, tmp_path, [broken]) if s.name == "backend torch"]
+    assert step.skip == "backend 'torch' is not viable here: broken plugin: ImportError: libcudart.so.12: cannot open"
+    [done] = run_steps([step], ROOT, tmp_path, dict(os.environ), budget=300)["steps"]
+    assert done["status"] == "skipped" and done["checks"][0]["outcome"] == "skipped"
+    assert done["checks"][0]["message"] == step.skip
 
 
 BENCHMARK_RESULTS = {

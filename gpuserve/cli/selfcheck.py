@@ -71,6 +71,7 @@ class Step:
     command: tuple[str, ...]
     junit: Path | None = None  # pytest's report of this step's tests
     results: Path | None = None  # the benchmark run's folder
+    skip: str | None = None  # why the step cannot run here (a backend that is not viable)
 
 
 def real_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -122,18 +123,21 @@ def checkout(given: Path | None) -> Path | None:
 
 def steps(repo: Path, out: Path, entries: Sequence[BackendEntry]) -> list[Step]:
     """The core's GPU tests, each installed backend's or plugin's with a suite in the checkout, the benchmarks."""
-    suites = [("core", repo / "tests")]
+    suites: list[tuple[str, Path, str | None]] = [("core", repo / "tests", None)]
     for entry in entries:
         for kind in ("backends", "plugins"):
             folder = repo / kind / (entry.distribution or "") / "tests"
-            if entry.distribution and entry.distribution != "gpuserve" and folder.is_dir():
-                suites.append((f"{kind[:-1]} {entry.name}", folder))
+            # gpuserve's own `cpu` is the core; a backend for simulated GPUs has nothing to check on real ones.
+            if entry.distribution not in (None, "gpuserve") and not entry.serves_fake_gpus and folder.is_dir():
+                viability = entry.viability()
+                skip = None if viability.ok else f"backend {entry.name!r} is not viable here: {viability.reason}"
+                suites.append((f"{kind[:-1]} {entry.name}", folder, skip))
     found = []
-    for name, folder in suites:
+    for name, folder, skip in suites:
         junit = out / f"junit-{_slug(name)}.xml"
         command = (sys.executable, "-m", "pytest", str(folder), "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
                    f"--junitxml={junit}")
-        found.append(Step(name, command, junit=junit))
+        found.append(Step(name, command, junit=junit, skip=skip))
     bench = out / "benchmarks"
     found.append(Step("benchmarks", (sys.executable, "-m", "benchmarks", *BENCHMARKS, "--out", str(bench)),
                       results=bench))
@@ -160,9 +164,13 @@ def run_steps(plan: Sequence[Step], repo: Path, out: Path, env: Mapping[str, str
         left = budget - (time.monotonic() - started)
         log = out / f"{_slug(step.name)}.log"
         record = {"name": step.name, "command": list(step.command), "log": str(log)}
+        if step.skip is not None:
+            done.append({**record, "status": "skipped", "seconds": 0.0,
+                         "checks": [attrs.asdict(Check(step.name, "skipped", message=step.skip))]})
+            continue
         if left < 30:
-            skipped = Check(step.name, "error", message=f"not run: the {budget:g} s budget is spent")
-            done.append({**record, "status": "not run", "seconds": 0.0, "checks": [attrs.asdict(skipped)]})
+            late = Check(step.name, "error", message=f"not run: the {budget:g} s budget is spent")
+            done.append({**record, "status": "not run", "seconds": 0.0, "checks": [attrs.asdict(late)]})
             continue
         began = time.monotonic()
         code = _run(step.command, repo, env, min(left, STEP_CAP_S), log)

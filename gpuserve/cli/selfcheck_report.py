@@ -78,10 +78,10 @@ def counts(steps: list[dict[str, Any]]) -> dict[str, int]:
 def summary(report: dict[str, Any]) -> str:
     """The readable page: the machine, then one line per step, then what failed and what was skipped."""
     driver = report.get("driver") or {}
-    gpus = report["gpus"]
+    gpus = ", ".join(f"{g['label']} {g['name']} ({g['uuid']})" for g in report["gpus"])
     lines = [
         f"gpuserve selfcheck on {report['machine']['hostname']}, {report['started']}",
-        f"GPUs: {', '.join(f'''{g['label']} {g['name']} ({g['uuid']})''' for g in gpus)}",
+        f"GPUs: {gpus}",
         f"NVIDIA driver {driver.get('version', '?')}, CUDA {driver.get('cuda', '?')}",
         "backends: " + "; ".join(
             f"{b['name']} {b['version']} ({'sees ' + str(b['gpu_devices']) + ' GPU(s)' if b['viable'] else b['reason']})"
@@ -92,7 +92,7 @@ def summary(report: dict[str, Any]) -> str:
     for step in report["steps"]:
         tally = Counter(check["outcome"] for check in step["checks"])
         told = ", ".join(f"{tally[o]} {o}" for o in OUTCOMES if tally[o]) or "no checks"
-        lines.append(f"{step['name']:<24} {step['status']:<8} {told:<40} {step['seconds']:.0f} s")
+        lines.append(f"{step['name']:<22} {step['status']:<13} {told:<32} {step['seconds']:>4.0f} s")
     figures = report.get("benchmarks", {}).get("resnet")
     if figures:
         lines.append(f"\nResNet-50 ({figures['dtype']}, {figures['image_size']}px, batch {figures['batch_size']}, "
