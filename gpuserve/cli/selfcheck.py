@@ -9,7 +9,8 @@ Steps, each in processes of its own:
 
 1. every test marked `gpu` of the core (`tests/`) and of each installed
    backend or plugin that has a suite in the checkout (`backends/<dist>/tests`,
-   `plugins/<dist>/tests`), one pytest run per suite: NVML against
+   `plugins/<dist>/tests`; one that is not viable here is reported skipped,
+   with its reason), one pytest run per suite: NVML against
    nvidia-smi, the driver's order, `CUDA_VISIBLE_DEVICES` against torch's own
    view, worker processes, memory caps, out-of-memory splitting, each
    framework serving, DataParallel and MirroredStrategy on two GPUs, MIG
@@ -79,6 +80,7 @@ def real_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    began = time.monotonic()
     env = real_environment(os.environ)
     inventory = discover(env)
     if not inventory.devices:
@@ -102,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
         "gpuserve": gpuserve.__version__,
         "backends": backends(repo, env),
         "budget_s": args.budget,
-        **run_steps(steps(repo, out, installed_backends()), repo, out, env, args.budget),
     }
+    report.update(run_steps(steps(repo, out, installed_backends()), repo, out, env,
+                            args.budget - (time.monotonic() - began)))
+    report["seconds"] = time.monotonic() - began  # the whole command, facts included
     (out / "selfcheck.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     text = summary(report)
     (out / "selfcheck.txt").write_text(text + "\n")
