@@ -47,7 +47,8 @@ class FakeGpuBackend(Backend):
         return Viability.yes()
 
     def devices(self) -> list[Device]:
-        return list(discover(os.environ).devices)
+        # What one process enumerates, as CUDA would: a MIG device beside others is another process's.
+        return list(discover(os.environ).enumerated)
 
     def _check(self, device: Device) -> Device:
         if device.is_gpu:
