@@ -37,7 +37,7 @@ def collect(env: Mapping[str, str], loadgen: str) -> dict[str, Any]:
         },
         "gpus": [
             {"index": d.index, "label": d.label, "name": d.name, "uuid": d.uuid,
-             "memory_total_bytes": d.memory_total, "pci_bus_id": d.pci_bus_id}
+             "memory_total_bytes": d.memory_total, "pci_bus_id": d.pci_bus_id, "enumerated": d.enumerated}
             for d in inventory.devices
         ],
         "gpu_source": inventory.source,
