@@ -93,7 +93,9 @@ def test_plan_follows_the_backend_serve_would_use(app_dir: Path, fake_env: dict[
     assert "backend 'cpu' runs on the CPU only" in plan["fallback_reason"]
 
 
-def test_a_cut_short_list_is_said_once_and_named_when_the_plan_cannot_fit(app_dir: Path, fake_env: dict[str, str]) -> None:
+def test_a_cut_short_list_is_said_once_and_named_when_the_plan_cannot_fit(
+    app_dir: Path, fake_env: dict[str, str]
+) -> None:
     cut = {**fake_env, "CUDA_VISIBLE_DEVICES": "0,7,1"}
     done = gpuserve("plan", "app:Halves", "--workers", "2", env=cut, cwd=app_dir)
     assert done.returncode == 0, done.stderr

@@ -75,6 +75,10 @@ def counts(steps: list[dict[str, Any]]) -> dict[str, int]:
     return {outcome: tally.get(outcome, 0) for outcome in OUTCOMES}
 
 
+def _sees(backend: dict[str, Any]) -> str:
+    return f"sees {backend['gpu_devices']} GPU(s)" if backend["viable"] else backend["reason"]
+
+
 def summary(report: dict[str, Any]) -> str:
     """The readable page: the machine, then one line per step, then what failed and what was skipped."""
     driver = report.get("driver") or {}
@@ -83,10 +87,7 @@ def summary(report: dict[str, Any]) -> str:
         f"gpuserve selfcheck on {report['machine']['hostname']}, {report['started']}",
         f"GPUs: {gpus}",
         f"NVIDIA driver {driver.get('version', '?')}, CUDA {driver.get('cuda', '?')}",
-        "backends: " + "; ".join(
-            f"{b['name']} {b['version']} ({'sees ' + str(b['gpu_devices']) + ' GPU(s)' if b['viable'] else b['reason']})"
-            for b in report["backends"]
-        ),
+        "backends: " + "; ".join(f"{b['name']} {b['version']} ({_sees(b)})" for b in report["backends"]),
         "",
     ]
     for step in report["steps"]:

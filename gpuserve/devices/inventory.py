@@ -96,7 +96,10 @@ def _cut_short(visible: str | None, selection: Selection) -> str | None:
     if visible is None or selection.stopped_entry is None:
         return None
     kept = [entry.strip() for entry in visible.split(",")][: len(selection.positions)]
-    counted = f"only {', '.join(map(repr, kept))} count{'s' if len(kept) == 1 else ''}" if kept else "no device is visible"
+    if kept:
+        counted = f"only {', '.join(map(repr, kept))} count{'s' if len(kept) == 1 else ''}"
+    else:
+        counted = "no device is visible"
     return (
         f"CUDA_VISIBLE_DEVICES={visible!r} is cut short: CUDA stops at entry {selection.stopped_entry!r} "
         f"({selection.stopped_why}) and ignores it and every entry after it, so {counted}"
