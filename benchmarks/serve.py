@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from benchmarks import loadgen
-from benchmarks.apps import BODY
+from benchmarks.apps import BODY, ROWS_BODY
 from benchmarks.config import RunConfig
 from benchmarks.servers import Server, baseline_command, gpuserve_command, running
 
@@ -32,19 +32,20 @@ class Target:
     workload: str  # "echo", "echo_batched", "mlp", "mlp_batched"
     server: str
     path: str
+    body: bytes = BODY  # batchable APIs take a list of rows: ROWS_BODY
 
 
 GPUSERVE = (
     Target("gpuserve", "echo", "gpuserve-echo", "/echo"),
-    Target("gpuserve", "echo_batched", "gpuserve-echo", "/echo_batched"),
+    Target("gpuserve", "echo_batched", "gpuserve-echo", "/echo_batched", ROWS_BODY),
     Target("gpuserve", "mlp", "gpuserve-mlp", "/predict"),
-    Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched"),
-    Target("gpuserve", "mlp_batched_process", "gpuserve-mlp-process", "/predict_batched"),
+    Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched", ROWS_BODY),
+    Target("gpuserve", "mlp_batched_process", "gpuserve-mlp-process", "/predict_batched", ROWS_BODY),
 )
 BASELINE = (
     Target("baseline", "echo", "baseline", "/echo"),
     Target("baseline", "mlp", "baseline", "/predict"),
-    Target("baseline", "mlp_batched", "baseline", "/predict_batched"),
+    Target("baseline", "mlp_batched", "baseline", "/predict_batched", ROWS_BODY),
 )
 # The baseline workload each gpuserve workload is compared with.
 BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "mlp": "mlp", "mlp_batched": "mlp_batched",
@@ -87,7 +88,8 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
         for concurrency in config.concurrency:
             if config.warmup_s > 0:
                 for target in chosen:
-                    loadgen.measure(tool, servers[target.server].url + target.path, BODY, concurrency, config.warmup_s)
+                    loadgen.measure(tool, servers[target.server].url + target.path, target.body, concurrency,
+                                    config.warmup_s)
                     progress(1)
             for number in range(config.rounds):
                 # Every other round in reverse: whoever goes first after a pause,
@@ -105,7 +107,8 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
 
 def check(server: Server, target: Target) -> None:
     """One request first: a benchmark of error answers would be worthless."""
-    request = urllib.request.Request(server.url + target.path, data=BODY, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(server.url + target.path, data=target.body,
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
         json.loads(answer.read())
 
@@ -113,7 +116,7 @@ def check(server: Server, target: Target) -> None:
 def measure(tool: str, server: Server, target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
     batches_before = batch_sizes(server, target)
     cpu_before = server.cpu_seconds()
-    load = loadgen.measure(tool, server.url + target.path, BODY, concurrency, seconds)
+    load = loadgen.measure(tool, server.url + target.path, target.body, concurrency, seconds)
     cpu_after = server.cpu_seconds()
     point = attrs.asdict(load)
     known = cpu_before is not None and cpu_after is not None

@@ -19,6 +19,7 @@ from gpuserve.deployment import Deployment
 from gpuserve.metrics import add_metrics_route
 from gpuserve.pool import DevicePool
 from gpuserve.protocols.native import add_fallback_route, add_native_routes
+from gpuserve.protocols.openapi import add_openapi_routes
 from gpuserve.registry import PLUGINS_GROUP
 from gpuserve.state import STATE, ServerState, StopBudget
 
@@ -43,6 +44,7 @@ def create_app(deployment: Deployment) -> web.Application:
     app.on_shutdown.append(lifecycle.drain)
     app.cleanup_ctx.append(lifecycle.replicas)
     add_native_routes(app, app[STATE])
+    add_openapi_routes(app, app[STATE])
     add_metrics_route(app, app[STATE])
     _load_plugins(app)
     add_fallback_route(app, app[STATE])
