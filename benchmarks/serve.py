@@ -38,6 +38,8 @@ class Target:
 GPUSERVE = (
     Target("gpuserve", "echo", "gpuserve-echo", "/echo"),
     Target("gpuserve", "echo_batched", "gpuserve-echo", "/echo_batched", ROWS_BODY),
+    # The same echo with its access log on (every server above logs warnings only): what a line costs.
+    Target("gpuserve", "echo_access_log", "gpuserve-echo-logged", "/echo"),
     Target("gpuserve", "mlp", "gpuserve-mlp", "/predict"),
     Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched", ROWS_BODY),
     Target("gpuserve", "mlp_batched_process", "gpuserve-mlp-process", "/predict_batched", ROWS_BODY),
@@ -48,10 +50,11 @@ BASELINE = (
     Target("baseline", "mlp_batched", "baseline", "/predict_batched", ROWS_BODY),
 )
 # The baseline workload each gpuserve workload is compared with.
-BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "mlp": "mlp", "mlp_batched": "mlp_batched",
-               "mlp_batched_process": "mlp_batched"}
+BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "echo_access_log": "echo", "mlp": "mlp",
+               "mlp_batched": "mlp_batched", "mlp_batched_process": "mlp_batched"}
 COMMANDS = {
     "gpuserve-echo": gpuserve_command("benchmarks.apps:Echo"),
+    "gpuserve-echo-logged": gpuserve_command("benchmarks.apps:Echo", "--log-level", "info"),
     "gpuserve-mlp": gpuserve_command("benchmarks.apps:Mlp"),
     # The same service with its replica in a process of its own: the model's
     # Python then never waits on the event loop's interpreter lock, nor it on the model's.

@@ -107,14 +107,27 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:
-    """JSON 404 / 405 for everything no other route took; registered last."""
-    api_paths = {f"/{name}" for name in state.deployment.spec.apis}
+    """JSON 404 / 405 (with `Allow`) for everything no other route took; registered last."""
+    allowed: dict[str, list[str]] | None = None  # path -> its methods, read once every route is in place
+
+    def methods_of(path: str) -> list[str]:
+        nonlocal allowed
+        if allowed is None:
+            allowed = {}
+            for route in app.router.routes():
+                canonical = route.resource.canonical if route.resource is not None else ""
+                if route.method != "*" and "{" not in canonical:
+                    allowed.setdefault(canonical, []).append(route.method)
+        return sorted(set(allowed.get(path, [])))
 
     async def fallback(request: web.Request) -> web.Response:
         rid = request_id(request)
-        if request.path in api_paths:
-            return json_error(405, f"{request.method} {request.path}: use POST", rid, allowed=["POST"])
-        routes = sorted(api_paths | {"/livez", "/readyz", "/stats", "/metrics", "/openapi.json", "/docs"})
-        return json_error(404, f"no route {request.method} {request.path}; routes: {routes}", rid)
+        methods = methods_of(request.path)
+        if methods:
+            response = json_error(405, f"{request.method} {request.path}: use {' or '.join(methods)}", rid,
+                                  allowed=methods)
+            response.headers["Allow"] = ", ".join(methods)
+            return response
+        return json_error(404, f"no route {request.method} {request.path}", rid)
 
     app.router.add_route("*", "/{tail:.*}", fallback)

@@ -77,12 +77,9 @@ def _operation(api: ApiSpec, method: Any, components: dict[str, Any]) -> dict[st
     return {
         "operationId": api.name,
         "summary": doc.splitlines()[0] if doc else f"Call {api.method_name}",
-        "description": (doc + rows).strip(),
-        "parameters": [{
-            "name": TIMEOUT_HEADER, "in": "header", "required": False,
-            "description": "this request's deadline in seconds (default: the server's --timeout)",
-            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e9},
-        }],
+        # The deadline header is operational, not part of the call: described, not listed as a parameter.
+        "description": (doc + rows + f" A `{TIMEOUT_HEADER}: <seconds>` header gives the request a deadline of "
+                        "its own (504 when it passes).").strip(),
         "requestBody": {"required": True, "content": _json(_lift(signature.request_schema(), components))},
         "responses": responses,
     }
