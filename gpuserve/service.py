@@ -15,7 +15,7 @@ from gpuserve.resources import Resources
 from gpuserve.signature import Signature, signature_of
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-_RESERVED_ROUTES = frozenset({"livez", "readyz", "metrics", "v2"})
+_RESERVED_ROUTES = frozenset({"livez", "readyz", "stats", "metrics", "docs", "v2"})
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -29,7 +29,7 @@ TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _timeout(raw: str) -> float:
+def request_timeout(raw: str) -> float:
     """The request's own deadline in seconds, from its header."""
     try:
         value = float(raw)
@@ -63,7 +63,7 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else _timeout(own), rows)
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else request_timeout(own), rows)
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
