@@ -3,7 +3,9 @@
 The echo and the MLP come with and without batching. The MLP is the example
 classifier's own model and forward pass (`examples/classifier/model.py`),
 loaded from its file so that the baseline server runs exactly the same code.
-ResNet-50 (scenario `resnet`) runs the same `classify` as its offline loop.
+The batched MLP is typed as the example is: its body is checked at the door
+and its rows merged into one float32 array. ResNet-50 (scenario `resnet`)
+runs the same `classify` as its offline loop.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 import gpuserve
 
@@ -19,8 +24,12 @@ from benchmarks.config import RESNET_BATCH
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "classifier" / "model.py"
 MAX_BATCH = 64  # the example classifier's own max_batch_size
-# Every workload posts the same body: one example row.
-BODY = b'{"x": [0.5, -1.2, 3.3, 0.0, 2.1, -0.7, 1.5, 0.9]}'
+FEATURES = 8
+# Every workload posts one example row: as the value itself to an API that takes one,
+# as a list of rows (of one) to a batchable API.
+ROW = b"[0.5, -1.2, 3.3, 0.0, 2.1, -0.7, 1.5, 0.9]"
+BODY = b'{"x": ' + ROW + b"}"
+ROWS_BODY = b'{"x": [' + ROW + b"]}"
 
 
 def example_model() -> ModuleType:
@@ -55,10 +64,10 @@ class Mlp:
 
     @gpuserve.api
     def predict(self, x: list[float]) -> dict:
-        return self.code.predict(self.model, [x], self.device)[0]
+        return self.code.predict(self.model, np.array([x], dtype=np.float32), self.device)[0]
 
     @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
-    def predict_batched(self, x: list[list[float]]) -> list[dict]:
+    def predict_batched(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[dict]:
         return self.code.predict(self.model, x, self.device)
 
 

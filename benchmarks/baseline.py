@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy
 import orjson
 from aiohttp import web
 
@@ -94,15 +95,18 @@ def create_app() -> web.Application:
     except ImportError:
         pass
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baseline-model")
-    batcher = MiniBatcher(lambda rows: code.predict(model, rows, device), thread)
+    batcher = MiniBatcher(lambda rows: code.predict(model, numpy.array(rows, dtype=numpy.float32), device), thread)
 
     async def predict(request: web.Request) -> web.Response:
         x = orjson.loads(await request.read())["x"]
-        results = await asyncio.get_running_loop().run_in_executor(thread, code.predict, model, [x], device)
+        rows = numpy.array([x], dtype=numpy.float32)
+        results = await asyncio.get_running_loop().run_in_executor(thread, code.predict, model, rows, device)
         return _json(results[0])
 
     async def predict_batched(request: web.Request) -> web.Response:
-        return _json(await batcher.submit(orjson.loads(await request.read())["x"]))
+        # The same body as gpuserve's batchable API, a list of rows; the benchmark sends one.
+        [row] = orjson.loads(await request.read())["x"]
+        return _json([await batcher.submit(row)])
 
     async def readyz(_: web.Request) -> web.Response:
         return _json({"status": "ready"})

@@ -48,7 +48,7 @@ from gpuserve.settings import Settings
 from gpuserve.state import ServerState, StopBudget
 
 from benchmarks import baseline
-from benchmarks.apps import BODY, Echo
+from benchmarks.apps import ROWS_BODY, Echo, Mlp
 from benchmarks.config import RunConfig
 
 REPEATS = 3
@@ -123,7 +123,7 @@ async def _request(path: str) -> web.Request:
     aiohttp's test helpers) is never timed; both handlers read the same way.
     """
     payload = StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
-    payload.feed_data(BODY)
+    payload.feed_data(ROWS_BODY)
     payload.feed_eof()
     request = make_mocked_request("POST", path, headers={"Content-Type": "application/json"}, payload=payload)
     await request.read()
@@ -145,7 +145,7 @@ async def _served(deployment: Deployment, executors: list[Executor], label: str,
     add_native_routes(app, ServerState(deployment, pool, batcher, StopBudget(1.0)))
     handler = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
     batcher.start(on_failure=lambda exc: None)
-    kwargs = orjson.loads(BODY)
+    kwargs = orjson.loads(ROWS_BODY)
     try:
         rows = await _handler_rows(f"gpuserve handler + {label}", handler, items)
         values = {c: await _per_item(lambda: batcher.submit(API, kwargs, encode_json), c, items) for c in CLIENTS}
@@ -197,10 +197,13 @@ def steps(config: RunConfig) -> int:
 def run(config: RunConfig, progress: Callable[[int], None]) -> list[dict[str, Any]]:
     items = 1_000 if config.quick else 8_000
     decode = argument_decoder(spec_of(Echo).apis[API])
-    echo_result = orjson.loads(BODY)["x"]
+    typed = argument_decoder(spec_of(Mlp).apis["predict_batched"])
+    echo_result = orjson.loads(ROWS_BODY)["x"]
     rows = [
-        {"step": "json_codec.argument_decoder (benchmark body)", "clients": None,
-         "us_per_item": _best_us(lambda: decode(BODY), items * 4)},
+        {"step": "json_codec.argument_decoder (benchmark body, no annotations)", "clients": None,
+         "us_per_item": _best_us(lambda: decode(ROWS_BODY), items * 4)},
+        {"step": "json_codec.argument_decoder (benchmark body, checked to a float32 array)", "clients": None,
+         "us_per_item": _best_us(lambda: typed(ROWS_BODY), items * 4)},
         {"step": "json_codec.encode_json (echo result)", "clients": None,
          "us_per_item": _best_us(lambda: encode_json(echo_result), items * 4)},
         {"step": "json_codec.encode_json (MLP result)", "clients": None,

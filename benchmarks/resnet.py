@@ -32,7 +32,7 @@ from benchmarks.config import RESNET_BATCH, RunConfig
 from benchmarks.serve import Target, check, measure, summarise
 from benchmarks.servers import gpuserve_command, running, server_env
 
-TARGET = Target("gpuserve", "resnet50", "gpuserve-resnet", "/classify", body=b'{"image": 7}')
+TARGET = Target("gpuserve", "resnet50", "gpuserve-resnet", "/classify", body=b'{"image": [7]}')
 SERVER = gpuserve_command("benchmarks.apps:ResNet50")
 
 

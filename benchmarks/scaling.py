@@ -16,12 +16,13 @@ from typing import Any
 from gpuserve.plugin import discover
 
 from benchmarks import loadgen
+from benchmarks.apps import ROWS_BODY
 from benchmarks.config import RunConfig
 from benchmarks.serve import Target, measure, summarise
 from benchmarks.servers import gpuserve_command, running
 
 CONCURRENCY = 64
-TARGET = Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched")
+TARGET = Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched", ROWS_BODY)
 
 
 def layouts(config: RunConfig) -> list[tuple[int, str, list[str]]]:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from benchmarks import loadgen
-from benchmarks.apps import BODY
+from benchmarks.apps import BODY, ROWS_BODY
 from benchmarks.config import RunConfig
 from benchmarks.servers import Server, baseline_command, gpuserve_command, running
 
@@ -32,26 +32,29 @@ class Target:
     workload: str  # "echo", "echo_batched", "mlp", "mlp_batched"
     server: str
     path: str
-    body: bytes = BODY  # what every request of this target posts
+    body: bytes = BODY  # batchable APIs take a list of rows: ROWS_BODY
 
 
 GPUSERVE = (
     Target("gpuserve", "echo", "gpuserve-echo", "/echo"),
-    Target("gpuserve", "echo_batched", "gpuserve-echo", "/echo_batched"),
+    Target("gpuserve", "echo_batched", "gpuserve-echo", "/echo_batched", ROWS_BODY),
+    # The same echo with its access log on (every server above logs warnings only): what a line costs.
+    Target("gpuserve", "echo_access_log", "gpuserve-echo-logged", "/echo"),
     Target("gpuserve", "mlp", "gpuserve-mlp", "/predict"),
-    Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched"),
-    Target("gpuserve", "mlp_batched_process", "gpuserve-mlp-process", "/predict_batched"),
+    Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched", ROWS_BODY),
+    Target("gpuserve", "mlp_batched_process", "gpuserve-mlp-process", "/predict_batched", ROWS_BODY),
 )
 BASELINE = (
     Target("baseline", "echo", "baseline", "/echo"),
     Target("baseline", "mlp", "baseline", "/predict"),
-    Target("baseline", "mlp_batched", "baseline", "/predict_batched"),
+    Target("baseline", "mlp_batched", "baseline", "/predict_batched", ROWS_BODY),
 )
 # The baseline workload each gpuserve workload is compared with.
-BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "mlp": "mlp", "mlp_batched": "mlp_batched",
-               "mlp_batched_process": "mlp_batched"}
+BASELINE_OF = {"echo": "echo", "echo_batched": "echo", "echo_access_log": "echo", "mlp": "mlp",
+               "mlp_batched": "mlp_batched", "mlp_batched_process": "mlp_batched"}
 COMMANDS = {
     "gpuserve-echo": gpuserve_command("benchmarks.apps:Echo"),
+    "gpuserve-echo-logged": gpuserve_command("benchmarks.apps:Echo", "--log-level", "info"),
     "gpuserve-mlp": gpuserve_command("benchmarks.apps:Mlp"),
     # The same service with its replica in a process of its own: the model's
     # Python then never waits on the event loop's interpreter lock, nor it on the model's.

@@ -1,8 +1,9 @@
 """gpuserve: serve models on GPUs over HTTP."""
 
+from gpuserve.arrays import Shape
 from gpuserve.context import ReplicaContext, context
 from gpuserve.service import api, service
 
 __version__ = "0.1.0"
 
-__all__ = ["ReplicaContext", "__version__", "api", "context", "service"]
+__all__ = ["ReplicaContext", "Shape", "__version__", "api", "context", "service"]

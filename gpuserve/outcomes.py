@@ -8,6 +8,7 @@ never crosses to the event loop, or out of a worker process, unencoded.
 
 from __future__ import annotations
 
+import traceback as _traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -20,14 +21,16 @@ Encoder = Callable[[Any], Any]
 
 @attrs.frozen
 class Failure:
-    """One item's error, as it travels back to the server."""
+    """One request's error, as it travels back to the server: its type, message and traceback."""
 
     type: str
     message: str
+    traceback: str = ""  # formatted where it was raised, so that the server logs it even from a worker process
 
     @classmethod
-    def of(cls, exc: BaseException) -> "Failure":
-        return cls(type(exc).__name__, str(exc))
+    def of(cls, exc: BaseException, message: str | None = None) -> "Failure":
+        text = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type(exc).__name__, str(exc) if message is None else message, text)
 
 
 @attrs.frozen

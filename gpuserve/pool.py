@@ -5,7 +5,8 @@ batch never waits on a busy device while another is idle. A lease is one
 executor for one batch at a time:
 
 - `run(api, items, encoders)` runs a batch on it (raises `ExecutorDied` when
-  the executor was lost while running it);
+  the executor was lost while running it); `cancel(index)` tells it that a
+  request of that batch is gone, so an async call for it stops;
 - `release()` gives it back once the batch is answered;
 - `replace()` gives it back to be rebuilt instead (its executor was lost):
   it rejoins the free ones when the rebuild is done, while the others serve.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 
 from gpuserve.errors import GpuserveError
 from gpuserve.executors.base import Executor, ExecutorDied
@@ -36,7 +38,7 @@ class ReplicaBuildError(GpuserveError):
 class Lease:
     """One executor, lent for one batch at a time. `key` names it in stats and logs."""
 
-    __slots__ = ("_pool", "executor", "key", "run")
+    __slots__ = ("_pool", "executor", "key", "run", "cancel")
 
     def __init__(self, pool: "DevicePool", executor: Executor) -> None:
         self._pool = pool
@@ -45,6 +47,7 @@ class Lease:
         # The executor's own bound method: no extra frame per batch. Its
         # executor object is restarted in place, so the method stays valid.
         self.run = executor.run
+        self.cancel = executor.cancel  # request `index` of the running batch is gone
 
     def release(self) -> None:
         self._pool._idle.put_nowait(self)
@@ -78,6 +81,11 @@ class DevicePool:
         """Build every replica (concurrently); ready once all are built."""
         results = await asyncio.gather(*(lease.executor.start() for lease in self._leases), return_exceptions=True)
         failures = [(lease, r) for lease, r in zip(self._leases, results) if isinstance(r, BaseException)]
+        for lease, error in failures:
+            # A worker process sends its traceback as text; a thread's is the exception's own.
+            text = getattr(error, "traceback", "") or "".join(
+                traceback.format_exception(type(error), error, error.__traceback__))
+            log.error("replica %s failed to build:\n%s", lease.key, text.rstrip())
         if failures:
             lease, error = failures[0]
             raise ReplicaBuildError(

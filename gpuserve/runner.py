@@ -21,6 +21,9 @@ from gpuserve.state import STATE
 
 log = logging.getLogger("gpuserve")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Who, what, the answer, its size, the time taken, and the request's id (as the response carries it).
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs id=%{X-Request-ID}o'
+access_log = logging.getLogger("gpuserve.access")
 
 
 def serve(app: web.Application, settings: Settings) -> str | None:
@@ -44,7 +47,8 @@ async def _serve(app: web.Application, settings: Settings) -> str | None:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(
         app,
-        access_log=None,
+        access_log=access_log if settings.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
         handler_cancellation=True,  # a client that leaves cancels its request
         shutdown_timeout=state.stop.http_s,  # the batcher has answered every request by then
     )

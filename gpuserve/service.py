@@ -12,9 +12,10 @@ import attrs
 
 from gpuserve.errors import DeclarationError
 from gpuserve.resources import Resources
+from gpuserve.signature import Signature, signature_of
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-_RESERVED_ROUTES = frozenset({"livez", "readyz", "metrics", "v2"})
+_RESERVED_ROUTES = frozenset({"livez", "readyz", "stats", "metrics", "docs", "v2"})
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,15 +50,30 @@ def _positive_number(name: str, value: object) -> float:
 
 @attrs.frozen
 class ApiSpec:
-    """One HTTP API of a service: `POST /<name>` calls `method_name`."""
+    """One HTTP API of a service: `POST /<name>` calls `method_name`.
+
+    `max_batch_size` counts rows: a batchable API's request carries 1..max_batch_size
+    of them (see `gpuserve.signature`); an API that is not batchable takes one row.
+    """
 
     name: str
     method_name: str
     batchable: bool
     max_batch_size: int
     max_latency_ms: float
-    params: tuple[str, ...]
-    required: frozenset[str]
+    signature: Signature
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return self.signature.names
+
+    @property
+    def required(self) -> frozenset[str]:
+        return self.signature.required
+
+    @property
+    def is_async(self) -> bool:
+        return self.signature.is_async
 
 
 @attrs.frozen
@@ -74,19 +90,6 @@ class ServiceSpec:
 
     def api(self, name: str) -> ApiSpec:
         return self.apis[name]
-
-
-def _signature_params(func: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str]]:
-    params = list(inspect.signature(func).parameters.values())[1:]  # drop self
-    for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-            raise DeclarationError(
-                f"API {func.__qualname__}: parameter {p.name!r} is {p.kind.description}; "
-                "APIs take named parameters only (the JSON body's keys)"
-            )
-    names = tuple(p.name for p in params)
-    required = frozenset(p.name for p in params if p.default is p.empty)
-    return names, required
 
 
 @overload
@@ -109,10 +112,13 @@ def api(
     max_batch_size: int = 64,
     max_latency_ms: float = 60_000,
 ) -> Any:
-    """Expose a method as `POST /<name>`.
+    """Expose a method as `POST /<name>`; `async def` methods run on the replica's own event loop.
 
-    A batchable API's method receives, for each parameter, a list with one
-    element per queued request and returns a list of the same length.
+    Annotations are the contract (`gpuserve.signature`). A batchable API's
+    parameters carry a leading batch dimension: each request sends 1 to
+    `max_batch_size` rows, the method receives the rows of every queued request
+    merged along dimension 0 (a list, or one array for array parameters) and
+    returns one result per row; each request gets back its own rows.
     `max_latency_ms` bounds time in queue plus predicted execution.
     """
     if not isinstance(batchable, bool):
@@ -129,15 +135,15 @@ def api(
                 f"API name {route!r} is invalid: expected letters, digits, '_' or '-', "
                 f"not one of the reserved routes {sorted(_RESERVED_ROUTES)}"
             )
-        params, required = _signature_params(f)
+        if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
+            raise DeclarationError(f"API {f.__qualname__}: generator methods cannot be served yet")
         f.__gpuserve_api__ = ApiSpec(  # type: ignore[attr-defined]
             name=route,
             method_name=f.__name__,
             batchable=batchable,
             max_batch_size=size if batchable else 1,
             max_latency_ms=latency,
-            params=params,
-            required=required,
+            signature=signature_of(f, batchable, size),
         )
         return f
 

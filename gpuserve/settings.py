@@ -42,7 +42,8 @@ class Settings:
     max_body_size: int = attrs.field(default=16 * MiB, validator=_positive)
     timeout: float = attrs.field(default=60.0, validator=_positive)  # default per-request deadline, seconds
     queue_size: int | None = attrs.field(default=None, validator=_positive)  # per API; None: derived
-    drain_timeout: float = attrs.field(default=30.0, validator=_positive)  # shutdown waits this for requests
+    drain_timeout: float = attrs.field(default=30.0, validator=_positive)  # the whole stop, from the signal
+    access_log: bool = True  # one line per request (logger "gpuserve.access")
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> "Settings":

@@ -1,9 +1,10 @@
 """Serving signals, kept in one place for a metrics exporter to read.
 
-Per API: queue depth, items in flight per device, batch sizes, the batch
-ceiling per device (lowered after out-of-memory errors), time in queue,
-execution time per device, refusals by reason (the request never ran) and
-outcomes of the items that did run. Plain counters: updating them costs a
+Per API: queue depth (requests), requests in flight per device, batch sizes
+in rows and in requests (a batchable API's request may carry several rows),
+the batch ceiling per device in rows (lowered after out-of-memory errors),
+time in queue, execution time per device, refusals by reason (the request
+never ran) and outcomes of the requests that did run. Plain counters: updating them costs a
 few dictionary operations on the event loop.
 """
 
@@ -47,8 +48,9 @@ class Summary:
 class ApiStats:
     queue_depth: int = 0  # live requests waiting (not yet taken into a batch), as of the last read
     queue_limit: int = 0
-    in_flight: Counter[str] = attrs.Factory(Counter)  # executor key -> items running
-    batch_sizes: Counter[int] = attrs.Factory(Counter)
+    in_flight: Counter[str] = attrs.Factory(Counter)  # executor key -> requests running
+    batch_sizes: Counter[int] = attrs.Factory(Counter)  # rows per batch -> batches
+    batch_requests: Counter[int] = attrs.Factory(Counter)  # requests per batch -> batches
     batch_ceiling: dict[str, int] = attrs.Factory(dict)  # executor key -> cap after out-of-memory
     queue_time: Summary = attrs.Factory(Summary)
     exec_time: defaultdict[str, Summary] = attrs.Factory(lambda: defaultdict(Summary))  # per executor key
@@ -75,6 +77,9 @@ class Stats:
                 "queue_limit": s.queue_limit,
                 "in_flight": dict(s.in_flight),
                 "batch_sizes": {str(k): v for k, v in sorted(s.batch_sizes.items())},
+                "batch_requests": {str(k): v for k, v in sorted(s.batch_requests.items())},
+                "rows": sum(k * v for k, v in s.batch_sizes.items()),
+                "requests": sum(k * v for k, v in s.batch_requests.items()),
                 "batch_ceiling": dict(s.batch_ceiling),
                 "queue_time_s": s.queue_time.snapshot(),
                 "exec_time_s": {k: v.snapshot() for k, v in s.exec_time.items()},

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from apps.batching_client import held, journal, post_and_leave, seen, stats, wait_until
+from apps.batching_client import held, journal, one_row, post_and_leave, seen, stats, wait_until
 from serving import serve
 
 KEY = "cpu:0#0.0"  # the one executor of a default CPU server: device cpu:0, worker 0, instance 0
@@ -39,7 +39,7 @@ def server(workdir):
 def post_all(server, api, items, **kw):
     """Post one request per item concurrently; the futures of their replies."""
     pool = concurrent.futures.ThreadPoolExecutor(len(items))
-    futures = [pool.submit(server.post, api, {"item": i}, **kw) for i in items]
+    futures = [pool.submit(one_row, server, api, i, **kw) for i in items]
     pool.shutdown(wait=False)
     return futures
 
@@ -48,9 +48,9 @@ def queued(server, api, depth):
     wait_until(lambda: stats(server, api)["queue_depth"] == depth, f"{depth} {api} request(s) are queued")
 
 
-def timed_post(server, *args, **kw):
+def timed_post(server, api, item, **kw):
     start = time.monotonic()
-    reply = server.post(*args, **kw)
+    reply = one_row(server, api, item, **kw)
     return reply, time.monotonic() - start
 
 
@@ -61,10 +61,11 @@ def test_batch_sizes_grow_with_concurrency(tmp_path):
     rng = random.Random(0)
     rows = [[rng.uniform(-1, 1) for _ in range(16)] for _ in range(32 * 4)]
     with serve("batching_torch:Mlp", "--cpu-devices", "2", "--workers", "2", log_dir=tmp_path) as server:
-        alone = [server.post("predict", {"x": row}).body for row in rows[:8]]
+        alone = [server.post("predict", {"x": [row]}).body[0] for row in rows[:8]]
 
         def client(first):  # one of 32 clients, each sending 4 requests in turn
-            return {i: server.post("predict", {"x": rows[i]}, timeout=30).body for i in range(first, len(rows), 32)}
+            return {i: server.post("predict", {"x": [rows[i]]}, timeout=30).body[0]
+                    for i in range(first, len(rows), 32)}
 
         crowd = {}
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
@@ -83,10 +84,10 @@ def test_batch_sizes_grow_with_concurrency(tmp_path):
 def test_latency_budget_refuses_early_what_cannot_make_it(server, workdir):
     # `timed` takes 0.2 s per request (batches of one) and allows max_latency_ms=700.
     for i in range(3):  # evidence for the latency model
-        assert server.post("timed", {"item": f"warm-{i}"}).status == 200
+        assert one_row(server, "timed", f"warm-{i}").status == 200
     before = stats(server, "timed")["refusals"].get("latency", 0)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda i: (f"late-{i}", *timed_post(server, "timed", {"item": f"late-{i}"})), range(8)))
+        results = list(pool.map(lambda i: (f"late-{i}", *timed_post(server, "timed", f"late-{i}")), range(8)))
     refused = [(item, reply, took) for item, reply, took in results if reply.status == 503]
     served = [item for item, reply, _ in results if reply.status == 200]
     assert len(refused) + len(served) == 8
@@ -119,7 +120,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(server, workdir):
         waiting = post_all(server, "work", [f"full-{i}" for i in range(16)])
         queued(server, "work", 16)
         before = stats(server, "work")["refusals"].get("queue_full", 0)
-        reply, took = timed_post(server, "work", {"item": "full-extra"})
+        reply, took = timed_post(server, "work", "full-extra")
         assert reply.status == 503 and took < 0.5
         assert reply.body["reason"] == "queue_full" and "16 waiting" in reply.body["error"]
         assert int(reply.headers["Retry-After"]) >= 1
@@ -135,11 +136,11 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(server, workdir):
 def test_request_timeout_header_gives_504_on_time_while_the_executor_is_stuck(server, workdir):
     before = stats(server, "work")["refusals"].get("deadline", 0)
     with held(server, workdir):
-        reply, took = timed_post(server, "work", {"item": "deadline-1"}, headers={"X-Request-Timeout": "0.3"})
+        reply, took = timed_post(server, "work", "deadline-1", headers={"X-Request-Timeout": "0.3"})
         assert reply.status == 504 and 0.3 <= took < 1.5
         assert reply.body["reason"] == "deadline" and "0.3 s" in reply.body["error"]
         assert "Retry-After" not in reply.headers
-    assert server.post("work", {"item": "deadline-after"}).status == 200
+    assert one_row(server, "work", "deadline-after").status == 200
     assert seen(workdir, "work", "deadline-") == {"deadline-after"}  # the expired one never ran
     assert stats(server, "work")["refusals"]["deadline"] == before + 1
 
@@ -147,7 +148,7 @@ def test_request_timeout_header_gives_504_on_time_while_the_executor_is_stuck(se
 def test_server_wide_timeout_gives_504_and_the_header_overrides_it(tmp_path):
     with serve_batching(tmp_path, "--timeout", "0.5") as server, held(server, tmp_path) as gate:
         patient = post_all(server, "work", ["patient"], headers={"X-Request-Timeout": "10"})[0]
-        reply, took = timed_post(server, "work", {"item": "impatient"})
+        reply, took = timed_post(server, "work", "impatient")
         assert reply.status == 504 and 0.5 <= took < 2 and "0.5 s" in reply.body["error"]
         gate.open()
         assert patient.result(timeout=30).status == 200  # waited past the server's 0.5 s
@@ -157,12 +158,12 @@ def test_server_wide_timeout_gives_504_and_the_header_overrides_it(tmp_path):
 def test_a_disconnected_clients_request_never_reaches_the_model(server, workdir):
     before = stats(server, "work")["refusals"].get("cancelled", 0)
     with held(server, workdir):
-        post_and_leave(server, "work", {"item": "gone-1"}, queued=lambda: stats(server, "work")["queue_depth"] == 1)
+        post_and_leave(server, "work", {"item": ["gone-1"]}, queued=lambda: stats(server, "work")["queue_depth"] == 1)
         # The server notices the hang-up while the item still waits for the executor.
         wait_until(lambda: stats(server, "work")["refusals"].get("cancelled", 0) == before + 1,
                    "the server counts the request as cancelled")
         assert stats(server, "work")["queue_depth"] == 0
-    assert server.post("work", {"item": "gone-after"}).status == 200
+    assert one_row(server, "work", "gone-after").status == 200
     assert seen(workdir, "work", "gone-") == {"gone-after"}
 
 
@@ -173,11 +174,11 @@ def test_clients_that_left_do_not_keep_a_full_queue_full(server, workdir):
         # Fill the queue with clients that hang up; nothing reads /stats meanwhile,
         # so only the batcher itself can notice that they left.
         for i in range(limit):
-            post_and_leave(server, "work", {"item": f"left-{i}"}, queued=lambda: time.sleep(0.05) is None)
+            post_and_leave(server, "work", {"item": [f"left-{i}"]}, queued=lambda: time.sleep(0.05) is None)
         time.sleep(0.2)
         # Admitted, it waits behind the held executor until its own deadline (504);
         # refused by a queue still counting the departed, it would get 503 at once.
-        late = server.post("work", {"item": "after-the-full-queue"}, headers={"X-Request-Timeout": "0.3"})
+        late = one_row(server, "work", "after-the-full-queue", headers={"X-Request-Timeout": "0.3"})
         assert late.status == 504 and late.body["reason"] == "deadline", late
     after = stats(server, "work")
     assert after["refusals"].get("cancelled", 0) == before["refusals"].get("cancelled", 0) + limit
@@ -259,7 +260,7 @@ def test_a_method_that_exits_its_process_fails_its_batch_with_503_and_the_next_s
         replies = [f.result(timeout=10) for f in replies]
     assert [r.status for r in replies] == [503] * 3
     assert all(r.body["reason"] == "executor_lost" and "died" in r.body["error"] for r in replies)
-    later = server.post("die", {"item": "survivor"}, timeout=30)
+    later = one_row(server, "die", "survivor", timeout=30)
     assert later.status == 200 and later.body["pid"] != old
     assert server.get("readyz").status == 200
 
@@ -270,7 +271,7 @@ def test_a_process_executor_that_died_idle_is_replaced_before_it_gets_work(proce
     lost_before = stats(server, "work")["outcomes"].get("executor_lost", 0)
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: not running(old), "the worker process is dead")
-    reply = server.post("work", {"item": "after-idle-death"}, timeout=30)
+    reply = one_row(server, "work", "after-idle-death", timeout=30)
     assert reply.status == 200 and reply.body["pid"] != old
     assert stats(server, "work")["outcomes"].get("executor_lost", 0) == lost_before  # nothing was lost
 
@@ -302,7 +303,7 @@ def test_a_burst_of_four_times_the_queue_gets_an_answer_for_every_request(tmp_pa
         with held(server, tmp_path, count=2) as gate:  # both executors busy: the burst must queue
             with concurrent.futures.ThreadPoolExecutor(32) as pool:
                 burst = [
-                    pool.submit(server.post, "work", {"item": f"burst-{i}"}, timeout=15,
+                    pool.submit(one_row, server, "work", f"burst-{i}", timeout=15,
                                 headers={"X-Request-Timeout": "0.5" if i % 4 == 0 else "10"})
                     for i in range(32)
                 ]
@@ -318,7 +319,7 @@ def test_a_burst_of_four_times_the_queue_gets_an_answer_for_every_request(tmp_pa
         assert snapshot["refusals"]["queue_full"] == statuses[503]
         assert snapshot["refusals"].get("deadline", 0) + snapshot["outcomes"].get("deadline", 0) == statuses[504]
         assert snapshot["queue_depth"] == 0 and not any(snapshot["in_flight"].values())
-        assert server.post("work", {"item": "after-burst"}).status == 200
+        assert one_row(server, "work", "after-burst").status == 200
 
 
 # -- signals -------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ def test_stats_report_queue_depth_in_flight_batches_times_and_refusals(server, w
         replies = post_all(server, "work", [f"signal-{i}" for i in range(3)])
         queued(server, "work", 3)
         during = stats(server, "work")
-        expired = server.post("work", {"item": "signal-expired"}, headers={"X-Request-Timeout": "0.1"})
+        expired = one_row(server, "work", "signal-expired", headers={"X-Request-Timeout": "0.1"})
         gate.open()
         assert {f.result(timeout=30).status for f in replies} == {200}
     after = stats(server, "work")

@@ -64,7 +64,8 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert {"device", "serve", "baseline", "scaling", "hotpath", "resnet"} <= results.keys()
     assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
     assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
-    for side, workloads in (("serve", {"echo", "echo_batched", "mlp", "mlp_batched", "mlp_batched_process"}),
+    for side, workloads in (("serve", {"echo", "echo_batched", "echo_access_log", "mlp", "mlp_batched",
+                                       "mlp_batched_process"}),
                             ("baseline", {"echo", "mlp", "mlp_batched"})):
         rows = results[side]
         assert {r["workload"] for r in rows} == workloads
@@ -77,7 +78,7 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert net["offline_items_per_s"] > 0 and net["served_items_per_s"] > 0 and net["ratio"] > 0
     assert net["dtype"] == ("float16" if document["environment"]["gpus"] else "float32")
 
-    assert len(document["ratios"]) == 5 * 2  # every gpuserve workload at every concurrency, beside its baseline
+    assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
     assert len(document["targets"]) == 6
     assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",

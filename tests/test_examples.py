@@ -97,32 +97,33 @@ def cpu_only() -> dict[str, str]:
 def test_one_gpu_serves_on_the_cpu_what_its_model_computes(tmp_path: Path) -> None:
     code = example("one-gpu")
     with serve("app:OneGpu", cwd=EXAMPLES / "one-gpu", env=cpu_only(), log_dir=tmp_path) as server:
-        reply = server.post("predict", {"x": ROW})
+        reply = server.post("predict", {"x": [ROW, ROW[::-1]]})  # a request carries rows: two here
         assert server.log().count("Serving on the CPU") == 1
     assert reply.status == 200
-    want = code.predict(code.build_model(), [ROW], torch.device("cpu"))[0]
-    assert reply.body["device"] == "cpu" and reply.body["label"] == want["label"]
-    assert reply.body["scores"] == pytest.approx(want["scores"], rel=1e-5)
+    for answer, want in zip(reply.body, code.predict(code.build_model(), [ROW, ROW[::-1]], torch.device("cpu")),
+                            strict=True):
+        assert answer["device"] == "cpu" and answer["label"] == want["label"]
+        assert answer["scores"] == pytest.approx(want["scores"], rel=1e-5)
 
 
 def test_two_models_serve_each_model_on_the_cpu_fallback(tmp_path: Path) -> None:
     code = example("two-models")
     with serve("app:TwoModels", cwd=EXAMPLES / "two-models", env=cpu_only(), log_dir=tmp_path) as server:
-        first, second = server.post("first_model", {"x": ROW}), server.post("second_model", {"x": ROW})
+        first, second = server.post("first_model", {"x": [ROW]}), server.post("second_model", {"x": [ROW]})
     for reply, (seed, outputs) in ((first, (1, 3)), (second, (2, 2))):
-        assert reply.status == 200 and reply.body["device"] == "cpu"
+        assert reply.status == 200 and reply.body[0]["device"] == "cpu"
         want = code.run(code.build_model(seed, outputs), [ROW], torch.device("cpu"))[0]["output"]
-        assert reply.body["output"] == pytest.approx(want, rel=1e-5)
+        assert reply.body[0]["output"] == pytest.approx(want, rel=1e-5)
 
 
 def test_data_parallel_on_the_cpu_fallback_is_the_model_alone(tmp_path: Path) -> None:
     code = example("data-parallel")
     with serve("app:DataParallel", cwd=EXAMPLES / "data-parallel", env=cpu_only(), log_dir=tmp_path) as server:
-        reply = server.post("predict", {"x": ROW})
-    assert reply.status == 200 and reply.body["replicas"] == ["cpu"]
+        reply = server.post("predict", {"x": [ROW]})
+    assert reply.status == 200 and reply.body[0]["replicas"] == ["cpu"]
     with torch.inference_mode():
         want = code.build_model()(torch.tensor([ROW])).tolist()[0]
-    assert reply.body["output"] == pytest.approx(want, rel=1e-5)
+    assert reply.body[0]["output"] == pytest.approx(want, rel=1e-5)
 
 
 def test_limit_visible_serves_both_workers_on_the_cpu(tmp_path: Path) -> None:
@@ -134,11 +135,11 @@ def test_limit_visible_serves_both_workers_on_the_cpu(tmp_path: Path) -> None:
 def test_watch_gpus_serves_and_reports_its_serving_signals(tmp_path: Path) -> None:
     code = example("watch-gpus")
     with serve("app:Busy", cwd=EXAMPLES / "watch-gpus", env=cpu_only(), log_dir=tmp_path) as server:
-        reply = server.post("work", {"seed": 3})
+        reply = server.post("work", {"seed": [3]})
         metrics = server.get("metrics").body
-    assert reply.status == 200 and reply.body["device"] == "cpu"
+    assert reply.status == 200 and reply.body[0]["device"] == "cpu"
     with torch.inference_mode():
-        assert reply.body["checksum"] == pytest.approx(code.checksum(3, code.build_matrix()), rel=1e-4)
+        assert reply.body[0]["checksum"] == pytest.approx(code.checksum(3, code.build_matrix()), rel=1e-4)
     assert 'gpuserve_outcomes_total{api="work",outcome="ok"} 1.0' in metrics
     assert "gpuserve_gpu_" not in metrics  # no GPU was planned
 
@@ -195,10 +196,10 @@ def on_gpu(reply_output: list[float], want: list[float]) -> None:
 def test_one_gpu_on_a_gpu(tmp_path: Path) -> None:
     code = example("one-gpu")
     with serve("app:OneGpu", cwd=EXAMPLES / "one-gpu", log_dir=tmp_path) as server:
-        reply = server.post("predict", {"x": ROW})
+        reply = server.post("predict", {"x": [ROW]})
         assert "Serving on the CPU" not in server.log()
-    assert reply.status == 200 and reply.body["device"] == "cuda:0"
-    on_gpu(reply.body["scores"], code.predict(code.build_model(), [ROW], torch.device("cpu"))[0]["scores"])
+    assert reply.status == 200 and reply.body[0]["device"] == "cuda:0"
+    on_gpu(reply.body[0]["scores"], code.predict(code.build_model(), [ROW], torch.device("cpu"))[0]["scores"])
 
 
 @pytest.mark.gpu
@@ -206,10 +207,10 @@ def test_two_models_on_cuda_0_and_cuda_1(tmp_path: Path) -> None:
     plain_gpus(2)
     code = example("two-models")
     with serve("app:TwoModels", cwd=EXAMPLES / "two-models", log_dir=tmp_path) as server:
-        first, second = server.post("first_model", {"x": ROW}), server.post("second_model", {"x": ROW})
-    assert (first.body["device"], second.body["device"]) == ("cuda:0", "cuda:1")
-    on_gpu(first.body["output"], code.run(code.build_model(1, 3), [ROW], torch.device("cpu"))[0]["output"])
-    on_gpu(second.body["output"], code.run(code.build_model(2, 2), [ROW], torch.device("cpu"))[0]["output"])
+        first, second = server.post("first_model", {"x": [ROW]}), server.post("second_model", {"x": [ROW]})
+    assert (first.body[0]["device"], second.body[0]["device"]) == ("cuda:0", "cuda:1")
+    on_gpu(first.body[0]["output"], code.run(code.build_model(1, 3), [ROW], torch.device("cpu"))[0]["output"])
+    on_gpu(second.body[0]["output"], code.run(code.build_model(2, 2), [ROW], torch.device("cpu"))[0]["output"])
 
 
 @pytest.mark.gpu
@@ -231,13 +232,13 @@ def test_data_parallel_over_two_gpus(tmp_path: Path) -> None:
     code = example("data-parallel")
     rows = [[(i + j) / 10 for j in range(code.FEATURES)] for i in range(32)]
     with serve("app:DataParallel", cwd=EXAMPLES / "data-parallel", log_dir=tmp_path) as server:
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            replies = list(pool.map(lambda row: server.post("predict", {"x": row}), rows))
+        reply = server.post("predict", {"x": rows})  # one request of 32 rows: split over both GPUs
+    assert reply.status == 200
     with torch.inference_mode():
         want = code.build_model()(torch.tensor(rows)).tolist()
-    for reply, expected in zip(replies, want):
-        assert reply.status == 200 and reply.body["replicas"] == ["cuda:0", "cuda:1"]
-        on_gpu(reply.body["output"], expected)
+    for answer, expected in zip(reply.body, want, strict=True):
+        assert answer["replicas"] == ["cuda:0", "cuda:1"]
+        on_gpu(answer["output"], expected)
 
 
 @pytest.mark.gpu
@@ -267,11 +268,11 @@ def test_watching_a_serving_gpu_in_its_metrics(tmp_path: Path) -> None:
     pytest.importorskip("prometheus_client")
     with serve("app:Busy", cwd=EXAMPLES / "watch-gpus", log_dir=tmp_path) as server:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(lambda i: server.post("work", {"seed": i}), range(64)))
+            replies = list(pool.map(lambda i: server.post("work", {"seed": [i]}), range(64)))
         metrics = server.get("metrics").body
         devices = json.loads(subprocess.run([sys.executable, "-m", "gpuserve", "devices", "--json"],
                                             capture_output=True, text=True, timeout=60, check=True).stdout)
-    assert {r.status for r in replies} == {200} and replies[0].body["device"] == "cuda:0"
+    assert {r.status for r in replies} == {200} and replies[0].body[0]["device"] == "cuda:0"
     gpu = real_inventory().devices[0]  # the one planned: the first GPU, as the plan in the log says
     total = re.search(rf'gpuserve_gpu_memory_total_bytes{{name="[^"]*",uuid="{gpu.uuid}"}} (\S+)', metrics)
     used = re.search(rf'gpuserve_gpu_memory_used_bytes{{name="[^"]*",uuid="{gpu.uuid}"}} (\S+)', metrics)

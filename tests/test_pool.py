@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from apps.basics import Nap
-from apps.batching_client import held, stats
+from apps.batching_client import held, one_row, stats
 from gpuserve.deployment import prepare
 from gpuserve.executors import wire
 from gpuserve.protocols.json_codec import encode_json
@@ -33,7 +33,7 @@ def test_a_free_executor_serves_while_another_is_stuck(tmp_path, layout):
             served = []
             for i in range(5):
                 start = time.monotonic()
-                reply = server.post("work", {"item": f"free-{i}"}, timeout=10)
+                reply = one_row(server, "work", f"free-{i}", timeout=10)
                 assert reply.status == 200 and time.monotonic() - start < 2
                 served.append((reply.body["worker"], reply.body["instance"]))
             gate.open()
@@ -46,7 +46,7 @@ def test_executors_share_the_load_and_never_run_two_batches_at_once(tmp_path):
     args = ("--cpu-devices", "2", "--workers", "2")
     with serve("batching_apps:Batching", *args, env={"BATCH_APPS_DIR": str(tmp_path)}, log_dir=tmp_path) as server:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            replies = list(pool.map(lambda i: server.post("work", {"item": f"load-{i}"}), range(160)))
+            replies = list(pool.map(lambda i: one_row(server, "work", f"load-{i}"), range(160)))
         # `work` raises if its executor is already running a batch.
         assert {r.status for r in replies} == {200}, [r.body for r in replies if r.status != 200][:1]
         assert {r.body["device"] for r in replies} == {"cpu:0", "cpu:1"}

@@ -76,21 +76,21 @@ def test_user_code_raising_is_500_with_the_type_and_the_server_keeps_serving(bas
 
 
 def test_batch_length_mismatch_is_500_naming_api_and_lengths(basics):
-    assert basics.post("wrong_length", {"n": 1}).status == 200  # a batch of one, one result: fine
+    assert basics.post("wrong_length", {"n": [1]}).status == 200  # a batch of one, one result: fine
     # Hold the executor so the next requests queue up and run as one batch.
     with concurrent.futures.ThreadPoolExecutor(9) as pool:
         busy = pool.submit(basics.post, "slow", {"seconds": 1.0})
         wait_until_running(basics, "slow")
-        replies = list(pool.map(lambda i: basics.post("wrong_length", {"n": i}), range(8)))
+        replies = list(pool.map(lambda i: basics.post("wrong_length", {"n": [i]}), range(8)))
         assert busy.result().status == 200
     assert [r.status for r in replies] == [500] * 8
     message = replies[0].body["error"]
-    assert "'wrong_length'" in message and "returned 1 results for a batch of 8" in message
+    assert "'wrong_length'" in message and "returned 1 results for 8 rows" in message
 
 
 def test_batches_larger_than_one_form_under_concurrent_load(basics):
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        sizes = list(pool.map(lambda i: basics.post("sizes", {"n": i}).body, range(64)))
+        sizes = list(pool.map(lambda i: basics.post("sizes", {"n": [i]}).body[0], range(64)))
     assert all(isinstance(s, int) and 1 <= s <= 16 for s in sizes)
     assert max(sizes) > 1, f"no batch larger than one formed: {sizes}"
     stats = basics.get("stats").body["sizes"]

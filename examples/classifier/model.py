@@ -1,5 +1,6 @@
 """A small MLP classifier whose weights come from a fixed seed: the same on every machine."""
 
+import numpy as np
 import torch
 
 FEATURES = 8
@@ -21,10 +22,10 @@ def build_model() -> torch.nn.Module:
     return model.eval()
 
 
-def predict(model: torch.nn.Module, rows: list[list[float]], device: torch.device) -> list[dict]:
-    """The forward pass the service runs: one result per row."""
+def predict(model: torch.nn.Module, rows: np.ndarray, device: torch.device) -> list[dict]:
+    """The forward pass the service runs: `rows` is a float32 array [n, FEATURES]; one result per row."""
     with torch.inference_mode():
-        logits = model(torch.tensor(rows, dtype=torch.float32, device=device))
+        logits = model(torch.from_numpy(rows).to(device))
         probabilities = logits.softmax(dim=1)
     labels = probabilities.argmax(dim=1).tolist()
     return [{"label": label, "probabilities": p} for label, p in zip(labels, probabilities.tolist())]

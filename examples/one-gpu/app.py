@@ -31,5 +31,5 @@ class OneGpu:
 
     @gpuserve.api(batchable=True, max_batch_size=64, max_latency_ms=50)
     def predict(self, x: list[list[float]]) -> list[dict]:
-        # Batchable: `x` holds one row per queued request.
+        # Batchable: `x` holds the rows of every queued request; one answer per row.
         return predict(self.model, x, self.device)

@@ -36,6 +36,7 @@ UNBATCHED_PER_HOP = 16  # unbatched calls per hop until the latency model knows 
 GROUP_BUDGET_S = 0.002
 UNBATCHED_MAX_PER_HOP = 64
 PROBE_INTERVAL_S = 1.0  # at most one request per interval runs against a refusing latency model
+ROWS_WEIGHT = 0.1  # how much each batch moves the average of rows per request
 
 
 class Lane:
@@ -54,12 +55,12 @@ class ApiAdmission:
     """One API's admission state."""
 
     __slots__ = ("api", "per_hop", "budget_s", "limit", "lanes", "next_probe", "last_learned", "admit_below",
-                 "_fastest")
+                 "rows_per_request", "_fastest")
 
     def __init__(self, api: ApiSpec, keys: Iterable[str], limit: int) -> None:
         self.api = api
-        # Items handed to an executor at once. An API that is not batchable is
-        # still called once per item, but a group of them shares one hop.
+        # Rows handed to an executor at once. An API that is not batchable is
+        # still called once per request (one row), but a group of them shares one hop.
         self.per_hop = api.max_batch_size if api.batchable else UNBATCHED_PER_HOP
         self.budget_s = api.max_latency_ms / 1000
         self.limit = limit
@@ -68,7 +69,13 @@ class ApiAdmission:
         self.last_learned = 0.0  # loop time a lane of this API last learned from a batch
         # Below this depth a new item surely fits its latency budget: no prediction needed.
         self.admit_below = math.inf
-        self._fastest: dict[int, float | None] = {}  # size -> seconds; lanes change once per batch
+        # Queues count requests, batches and predictions count rows: what one request carries, on average.
+        self.rows_per_request = 1.0
+        self._fastest: dict[int, float | None] = {}  # rows -> seconds; lanes change once per batch
+
+    def saw_batch(self, requests: int, rows: int) -> None:
+        if rows != requests or self.rows_per_request != 1.0:
+            self.rows_per_request += (rows / requests - self.rows_per_request) * ROWS_WEIGHT
 
     def learned(self, now: float) -> None:
         """A lane of this API learned from a batch: predictions made before are stale."""
@@ -130,12 +137,13 @@ class Admission:
         return min(max(end - now, 0.0) if end is not None else 0.0 for end in self.busy.values())
 
     def predict_wait(self, policy: ApiAdmission, depth: int, now: float) -> float | None:
-        """Wait for an executor, then for the full batches ahead, then this item's own batch."""
+        """Wait for an executor, then for the full batches ahead, then this request's own batch."""
         size = policy.per_hop
-        own = policy.fastest(min(depth + 1, size))
+        ahead = int(depth * policy.rows_per_request)  # rows queued before this request
+        own = policy.fastest(min(ahead + math.ceil(policy.rows_per_request), size))
         if own is None:
             return None
-        rounds = depth // size / self.executors  # full batches ahead, shared by all executors
+        rounds = ahead // size / self.executors  # full batches ahead, shared by all executors
         full = policy.fastest(size) if rounds else 0.0
         return self.free_in(now) + rounds * (full or own) + own
 
@@ -144,12 +152,12 @@ class Admission:
         full = policy.fastest(policy.per_hop)
         if full is None:
             return 1.0
-        rounds = math.ceil(depth / policy.per_hop / self.executors)
+        rounds = math.ceil(depth * policy.rows_per_request / policy.per_hop / self.executors)
         return max(1.0, math.ceil(rounds * full))
 
     # -- when a batch is taken -------------------------------------------------------------
     def ceiling(self, policy: ApiAdmission, lane: Lane, depth: int) -> int:
-        """How many items the next batch on `lane` may hold."""
+        """How many rows the next batch on `lane` may hold (`depth`: requests queued)."""
         if policy.api.batchable:
             return lane.ceiling
         # Unbatched calls in a group run one after another: share them out.
@@ -208,4 +216,4 @@ class Admission:
                 policy.admit_below = math.inf
             else:
                 rounds = math.floor(spare * self.executors / full)  # full batches ahead that fit
-                policy.admit_below = (rounds + 1) * policy.per_hop
+                policy.admit_below = int((rounds + 1) * policy.per_hop / policy.rows_per_request)

@@ -51,9 +51,9 @@ class Batcher:
 
     # -- the request side ----------------------------------------------------------
     def submit(
-        self, api_name: str, kwargs: dict[str, Any], encoder: Encoder, timeout: float | None = None,
+        self, api_name: str, kwargs: dict[str, Any], encoder: Encoder, timeout: float | None = None, rows: int = 1,
     ) -> asyncio.Future[Any]:
-        """Queue one item; the future resolves to its result, encoded by `encoder`, or raises.
+        """Queue one request of `rows` rows; the future resolves to its result, encoded by `encoder`, or raises.
 
         Raises `Refused` at once (queue full, latency, shutting down) instead of
         queueing work that cannot be served in time. After `timeout` seconds
@@ -78,7 +78,7 @@ class Batcher:
             )
         probe = depth >= policy.admit_below and self._admission.check(policy, depth, now, queue.stats)
         future = loop.create_future()
-        item = Pending(kwargs, encoder, future, queue, now, probe)
+        item = Pending(kwargs, rows, encoder, future, queue, now, probe)
         deadline = self._deadlines.default_timeout if timeout is None else timeout
         if deadline is not None:
             item.timeout = deadline

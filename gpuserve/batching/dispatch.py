@@ -9,8 +9,10 @@ deadline passed are dropped before batching and never run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from gpuserve.batching.admission import Admission
 from gpuserve.batching.queue import TAKEN, ApiQueue, Pending
@@ -47,18 +49,19 @@ class Dispatcher:
                 await self._wait_for_work()
                 lease = await self._pool.acquire()  # after the wait: it is checked alive now
                 queue = self._oldest()  # work may have left while every executor was busy
-                batch = self._take(queue, lease) if queue is not None else []
+                batch, rows = self._take(queue, lease) if queue is not None else ([], 0)
                 if queue is None or not batch:
                     lease.release()
                     continue
                 lane = queue.policy.lanes[lease.key]
-                self._admission.start(lane, len(batch), loop.time())
+                self._admission.start(lane, rows, loop.time())
                 stats = queue.stats
-                stats.batch_sizes[len(batch)] += 1
+                stats.batch_sizes[rows] += 1
+                stats.batch_requests[len(batch)] += 1
                 stats.in_flight[lease.key] += len(batch)
                 # Plain tasks, held in a set: a task group's start_soon costs
                 # tens of microseconds per batch on this path.
-                task = loop.create_task(self._execute(lease, queue, batch))
+                task = loop.create_task(self._execute(lease, queue, batch, rows))
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
@@ -82,7 +85,8 @@ class Dispatcher:
                 best = queue
         return best
 
-    def _take(self, queue: ApiQueue, lease: Lease) -> list[Pending]:
+    def _take(self, queue: ApiQueue, lease: Lease) -> tuple[list[Pending], int]:
+        """Up to a batch of rows from `queue` for `lease`, and how many rows it holds."""
         policy = queue.policy
         lane = policy.lanes[lease.key]
         admission = self._admission
@@ -94,18 +98,23 @@ class Dispatcher:
         # Items share one budget, so the oldest has the earliest deadline: when
         # even a full batch finishes in time for it (or nothing is known yet),
         # no item needs its own check.
-        largest = model.predict(min(ceiling, queue.depth)) if items else None
+        largest = model.predict(min(ceiling, max(1, int(queue.depth * policy.rows_per_request)))) if items else None
         check = largest is not None and now + largest > items[0].latency_deadline
         batch: list[Pending] = []
+        rows = 0
         waited = 0.0
         popleft = items.popleft
-        while items and len(batch) < ceiling:
-            item = popleft()
+        while items and rows < ceiling:
+            item = items[0]
             if item.future.done():
+                popleft()
                 queue.forget(item)
                 continue
+            if batch and rows + item.rows > ceiling:
+                break  # it waits for the next batch, whole: a request's rows are never split
+            popleft()
             if check and not item.probe:
-                predicted = model.predict(len(batch) + 1)
+                predicted = model.predict(rows + item.rows)
                 if predicted is not None and now + predicted > item.latency_deadline:
                     item.future.set_exception(
                         admission.late(policy, queue.depth, now, stats, predicted, now - item.enqueued)
@@ -113,18 +122,21 @@ class Dispatcher:
                     continue
             item.state = TAKEN
             waited += now - item.enqueued
+            rows += item.rows
             batch.append(item)
         if batch:  # the first item is the oldest
             stats.queue_time.add_many(len(batch), waited, now - batch[0].enqueued)
-        return batch
+            policy.saw_batch(len(batch), rows)
+        return batch, rows
 
     def _finish(self, lease: Lease, queue: ApiQueue, size: int) -> None:
         self._admission.finish(queue.policy.lanes[lease.key])
         queue.stats.in_flight[lease.key] -= size
         self.progress.set()
 
-    async def _execute(self, lease: Lease, queue: ApiQueue, batch: list[Pending]) -> None:
+    async def _execute(self, lease: Lease, queue: ApiQueue, batch: list[Pending], rows: int) -> None:
         stats = queue.stats
+        watch = _watch_for_gone(lease, batch) if queue.api.is_async else None
         try:
             result = await lease.run(queue.api.name, [item.kwargs for item in batch],
                                      [item.encoder for item in batch])
@@ -146,9 +158,34 @@ class Dispatcher:
             stopped = Refused(Reason.SHUTTING_DOWN, "the server shut down while this ran", retry_after=1)
             fail(batch, stopped, stats, Reason.SHUTTING_DOWN.value)
             raise
+        finally:
+            if watch is not None:
+                watch.running = False
         self._finish(lease, queue, len(batch))
         lease.release()
-        self._admission.learn(queue.policy, queue.policy.lanes[lease.key], len(batch), result,
+        self._admission.learn(queue.policy, queue.policy.lanes[lease.key], rows, result,
                               asyncio.get_running_loop().time(), stats)
         stats.exec_time[lease.key].add(result.exec_s)
         settle(batch, result, stats)
+
+
+class _Watch:
+    """While an async batch runs, a request that leaves (client gone, deadline passed) cancels its call."""
+
+    __slots__ = ("lease", "running")
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.running = True
+
+    def gone(self, index: int, future: asyncio.Future[Any]) -> None:
+        if self.running:
+            self.lease.cancel(index)
+
+
+def _watch_for_gone(lease: Lease, batch: list[Pending]) -> _Watch:
+    # Only async APIs pay for a callback per request: synchronous code cannot be interrupted.
+    watch = _Watch(lease)
+    for index, item in enumerate(batch):
+        item.future.add_done_callback(functools.partial(watch.gone, index))
+    return watch

@@ -33,12 +33,13 @@ def default_queue_size(api: ApiSpec, executors: int) -> int:
 
 
 class Pending:
-    __slots__ = ("kwargs", "encoder", "future", "queue", "enqueued", "latency_deadline", "expires", "timeout",
-                 "state", "probe")
+    __slots__ = ("kwargs", "rows", "encoder", "future", "queue", "enqueued", "latency_deadline", "expires",
+                 "timeout", "state", "probe")
 
-    def __init__(self, kwargs: dict[str, Any], encoder: Encoder, future: asyncio.Future[Any], queue: ApiQueue,
-                 now: float, probe: bool) -> None:
+    def __init__(self, kwargs: dict[str, Any], rows: int, encoder: Encoder, future: asyncio.Future[Any],
+                 queue: ApiQueue, now: float, probe: bool) -> None:
         self.kwargs = kwargs
+        self.rows = rows  # a batchable API's request may carry several; batches are filled by rows
         self.encoder = encoder
         self.future = future
         self.queue = queue

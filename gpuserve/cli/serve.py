@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-timeout", type=float,
                    help="on SIGTERM or Ctrl-C, seconds the whole stop may take: accepted requests finish "
                    "(what is left gets 503), then the replicas end (default 30)")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
+                   help="no log line per request (GPUSERVE_ACCESS_LOG=false)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
 

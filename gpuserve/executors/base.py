@@ -72,6 +72,13 @@ class Executor(abc.ABC):
     ) -> BatchResult:
         """Run one batch, each item's result encoded by its encoder; raises `ExecutorDied` if lost."""
 
+    def cancel(self, index: int) -> None:
+        """Request `index` of the batch now running is gone (client left, deadline passed).
+
+        An `async def` API's call for it is cancelled if it is still running;
+        synchronous code cannot be interrupted, so by default nothing happens.
+        """
+
     async def restart(self) -> None:
         await self.stop()
         await self.start()

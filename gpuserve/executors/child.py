@@ -3,13 +3,22 @@
 The parent starts this with `CUDA_VISIBLE_DEVICES` (and whatever else its
 backend's `visibility_env` says) already set, so the framework sees only this
 worker's devices, numbered from 0, when it is first imported here.
+
+Messages from the server: `("run", batch, api, items, encoders)`, answered by
+its `BatchResult`, and `("cancel", batch, index)`, answered by nothing. The
+loop blocks on the socket: a synchronous batch runs alone. While an `async
+def` API's batch runs, the replica's event loop also reads the socket, so a
+cancel reaches the coroutine; a cancel that arrives after its batch ended is
+ignored by the replica.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import sys
+from typing import Any
 
 from gpuserve.executors import wire
 from gpuserve.executors.base import Placement
@@ -18,34 +27,75 @@ from gpuserve.loader import load_service
 from gpuserve.outcomes import Failure
 from gpuserve.registry import default_registry
 
+_CHUNK = 1 << 20
+
+
+class _Inbox:
+    """Frames from the server, read blocking, or without blocking while an async batch runs."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self._reader = wire.FrameReader()
+        self._ready: collections.deque[Any] = collections.deque()
+
+    def next(self) -> Any:
+        while not self._ready:
+            data = self.conn.recv(_CHUNK)
+            if not data:
+                raise EOFError("the server closed the channel")
+            self._ready.extend(self._reader.feed(data))
+        return self._ready.popleft()
+
+    def drain(self, replica: Replica) -> None:
+        """Read what has arrived without blocking and hand cancels to the replica (its loop calls this)."""
+        try:
+            while data := self.conn.recv(_CHUNK, socket.MSG_DONTWAIT):
+                self._ready.extend(self._reader.feed(data))
+        except BlockingIOError:
+            pass
+        while self._ready and self._ready[0][0] == "cancel":
+            _, batch, index = self._ready.popleft()
+            replica.cancel(batch, index)
+
+
+def _build(conn: socket.socket) -> Replica:
+    build = wire.recv(conn)
+    for entry in reversed(build["sys_path"]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    spec = load_service(build["service"])
+    backend_cls = default_registry().get(build["backend"]).cls
+    if backend_cls is None:
+        raise RuntimeError(f"backend {build['backend']!r} failed to load in the worker process")
+    backend = backend_cls()
+    placement: Placement = build["placement"]
+    backend.limit_visibility(placement.devices)
+    replica = Replica(spec, placement.context(backend), placement.process_memory_fraction)
+    replica.build()
+    return replica
+
 
 def serve(fd: int) -> None:
     conn = socket.socket(fileno=fd)  # blocking: this process has nothing else to do
-    build = wire.recv(conn)
     try:
-        for entry in reversed(build["sys_path"]):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
-        spec = load_service(build["service"])
-        backend_cls = default_registry().get(build["backend"]).cls
-        if backend_cls is None:
-            raise RuntimeError(f"backend {build['backend']!r} failed to load in the worker process")
-        backend = backend_cls()
-        placement: Placement = build["placement"]
-        backend.limit_visibility(placement.devices)
-        replica = Replica(spec, placement.context(backend), placement.process_memory_fraction)
-        replica.build()
+        replica = _build(conn)
     except Exception as exc:
         wire.send(conn, ("error", Failure.of(exc)))
         return
+    inbox = _Inbox(conn)
+    if replica.loop is not None:  # async APIs: their loop listens for cancels while they run
+        replica.loop.add_reader(conn.fileno(), inbox.drain, replica)
     wire.send(conn, ("ready", os.getpid()))
     while True:
         try:
-            api_name, items, encoders = wire.recv(conn)
+            message = inbox.next()
         except EOFError:
             return
-        # Results travel encoded by their protocols' encoders (in `run`), so they always pickle.
-        wire.send(conn, replica.run(api_name, items, encoders))
+        if message[0] == "run":
+            _, batch, api_name, items, encoders = message
+            # Results travel encoded by their protocols' encoders (in `run`), so they always pickle.
+            wire.send(conn, replica.run(api_name, items, encoders, batch))
+        # else: a cancel for a batch that already ended
 
 
 if __name__ == "__main__":

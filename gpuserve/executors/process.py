@@ -31,7 +31,11 @@ from gpuserve.service import ServiceSpec
 
 
 class ReplicaStartError(GpuserveError):
-    pass
+    """The worker process could not build its replica; `traceback` is the child's, as text."""
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback
 
 
 def child_environment(base: Mapping[str, str], backend: Backend, placement: Placement) -> dict[str, str]:
@@ -61,13 +65,17 @@ class _Channel(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def request(self, message: Any) -> asyncio.Future[Any]:
+        self.notify(message)
+        reply = asyncio.get_running_loop().create_future()
+        self._waiting.append(reply)
+        return reply
+
+    def notify(self, message: Any) -> None:
+        """Send a message that gets no reply."""
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ChannelClosed()
         transport.writelines(wire.pack(message))
-        reply = asyncio.get_running_loop().create_future()
-        self._waiting.append(reply)
-        return reply
 
     def data_received(self, data: bytes) -> None:
         for message in self._reader.feed(data):
@@ -112,6 +120,7 @@ class ProcessExecutor(Executor):
         self._proc: subprocess.Popen[bytes] | None = None
         self._channel: _Channel | None = None
         self.pid: int | None = None
+        self._batch = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -149,7 +158,8 @@ class ProcessExecutor(Executor):
         if reply[0] == "error":
             await self._end()
             failure = reply[1]
-            raise ReplicaStartError(f"replica {self.key} failed to build: {failure.type}: {failure.message}")
+            raise ReplicaStartError(f"replica {self.key} failed to build: {failure.type}: {failure.message}",
+                                    failure.traceback)
         _, self.pid = reply
 
     @property
@@ -162,10 +172,15 @@ class ProcessExecutor(Executor):
         try:
             if self._channel is None:
                 raise ChannelClosed()
-            return await self._channel.request((api_name, items, encoders))
+            self._batch += 1
+            return await self._channel.request(("run", self._batch, api_name, items, encoders))
         except ChannelClosed:
             code = await self._end(grace_s=1.0)  # a child that is dying gets to say why
             raise ExecutorDied(f"worker process {self.key} (pid {self.pid}) died (exit code {code})") from None
+
+    def cancel(self, index: int) -> None:
+        if self._channel is not None and self._channel.open:
+            self._channel.notify(("cancel", self._batch, index))
 
     async def _end(self, grace_s: float = 0.0) -> int | None:
         """Close the channel and make sure the child is gone; its exit code."""

@@ -42,6 +42,7 @@ class ThreadExecutor(Executor):
         self._replica = Replica(spec, placement.context(backend), placement.process_memory_fraction)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._batch = 0
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -68,7 +69,11 @@ class ThreadExecutor(Executor):
     async def run(
         self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]
     ) -> BatchResult:
-        return await self._submit(self._replica.run, api_name, items, encoders)
+        self._batch += 1
+        return await self._submit(self._replica.run, api_name, items, encoders, self._batch)
+
+    def cancel(self, index: int) -> None:
+        self._replica.cancel_threadsafe(self._batch, index)
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
         thread, self._thread = self._thread, None

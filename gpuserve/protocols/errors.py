@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from gpuserve.batching import Reason, Refused
+from gpuserve.protocols.request_ids import HEADER
 
 # Every reason a request may be answered without its result, and its status.
 STATUS = {
@@ -21,18 +22,20 @@ STATUS = {
 }
 
 
-def json_error(status: int, message: str, *, retry_after: float | None = None, **extra: Any) -> web.Response:
-    headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else None
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": message, **extra}),
-        content_type="application/json",
-        headers=headers,
-    )
+def json_error(status: int, message: str, request_id: str | None = None, *, retry_after: float | None = None,
+               **extra: Any) -> web.Response:
+    """`{"error": message, "request_id": ..., **extra}` with its status (and `Retry-After` when given)."""
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(math.ceil(retry_after))
+    body: dict[str, Any] = {"error": message, **extra}
+    if request_id is not None:
+        body["request_id"] = headers[HEADER] = request_id
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-def refusal(exc: Refused) -> web.Response:
+def refusal(exc: Refused, request_id: str | None = None) -> web.Response:
     """The answer to a refused request: its status, and `Retry-After` when a retry may work (503)."""
     status = STATUS[exc.reason]
     retry_after = exc.retry_after if status == 503 else None
-    return json_error(status, str(exc), retry_after=retry_after, reason=exc.reason.value)
+    return json_error(status, str(exc), request_id, retry_after=retry_after, reason=exc.reason.value)

@@ -1,4 +1,9 @@
-"""The native protocol's JSON: request bodies to API arguments, results to bytes.
+"""The native protocol's JSON: request bodies to checked API arguments, results to bytes.
+
+A body is parsed by orjson (strict JSON: no NaN or Infinity literals, nesting
+up to 1024 levels) and, when the API annotates its parameters, checked by
+pydantic against them (`gpuserve.signature`). For a batchable API the rows of
+each parameter are counted: 1..max_batch_size, the same for every parameter.
 
 `encode_json` is the encoder the native routes hand the batcher with each
 request; it runs beside the model, in the replica's thread or process, so this
@@ -17,39 +22,148 @@ from gpuserve.errors import GpuserveError
 from gpuserve.service import ApiSpec
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_SHOWN_ERRORS = 3
 
 
 class BadRequest(GpuserveError):
-    """The request cannot be turned into an API call (the protocol answers 400)."""
+    """The request cannot be turned into an API call (the protocol answers 400).
+
+    `errors` lists each problem as `{"param", "path", "expected", "got"}` where known.
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
 
 
-def argument_decoder(api: ApiSpec) -> Callable[[bytes], dict[str, Any]]:
-    """Request bodies of one API to its keyword arguments.
+Decoded = tuple[dict[str, Any], int]  # keyword arguments, and how many rows they carry
 
-    Built once per route, a closure over ready key sets: a well-formed body
-    costs one `orjson.loads` and two set comparisons.
+
+def argument_decoder(api: ApiSpec) -> Callable[[bytes], Decoded]:
+    """Request bodies of one API to its checked keyword arguments and row count.
+
+    Built once per route. Without annotations a well-formed body costs one
+    `orjson.loads` and two set comparisons; with them, one pydantic check.
     """
     params = frozenset(api.params)
     required = api.required
     loads = orjson.loads
+    validator = api.signature.validator
+    rows_of = _row_counter(api) if api.batchable else None
 
-    def decode(body: bytes) -> dict[str, Any]:
+    def decode(body: bytes) -> Decoded:
         try:
             payload = loads(body)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"malformed JSON: {exc}") from None
-        if type(payload) is dict and params.issuperset(payload) and payload.keys() >= required:
-            return payload
-        raise _rejection(api, payload)
+        if validator is not None:
+            kwargs = _checked(api, validator, payload)
+        elif type(payload) is dict and params.issuperset(payload) and payload.keys() >= required:
+            kwargs = payload
+        else:
+            raise _rejection(api, payload)
+        return kwargs, (rows_of(kwargs) if rows_of is not None else 1)
 
     return decode
+
+
+def _checked(api: ApiSpec, validator: Any, payload: Any) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    if type(payload) is not dict:
+        raise _rejection(api, payload)
+    try:
+        return validator.validate_python(payload)
+    except ValidationError as exc:
+        raise _invalid(api, exc) from None
+
+
+def _row_counter(api: ApiSpec) -> Callable[[dict[str, Any]], int]:
+    """Rows per request of a batchable API: each parameter's length, all equal, 1..max_batch_size."""
+    names = api.params
+    limit = api.max_batch_size
+
+    def rows(kwargs: dict[str, Any]) -> int:
+        counts = {}
+        for name in names:
+            if name not in kwargs:
+                continue  # a default: one per row
+            value = kwargs[name]
+            if not isinstance(value, list) and not hasattr(value, "shape"):
+                raise BadRequest(
+                    f"parameter {name!r} of batchable API {api.name!r} carries rows: expected a list "
+                    f"(or array) of 1..{limit} rows, got {_json_type(value)}",
+                    [{"param": name, "path": "", "expected": f"a list of 1..{limit} rows", "got": _json_type(value)}],
+                )
+            counts[name] = len(value)
+        found = set(counts.values())
+        if len(found) > 1:
+            raise BadRequest(f"the parameters of {api.name!r} carry different numbers of rows: "
+                             + ", ".join(f"{name}: {n}" for name, n in counts.items()) + "; each must carry the same")
+        count = found.pop() if found else 1
+        if not 1 <= count <= limit:
+            raise BadRequest(f"{api.name!r} takes 1..{limit} rows per request (max_batch_size), got {count}")
+        return count
+
+    return rows
+
+
+def _invalid(api: ApiSpec, exc: Any) -> BadRequest:
+    """A pydantic ValidationError as a message naming parameter, path, expected and got."""
+    errors = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        param = str(loc[0]) if loc else ""
+        path = "".join(f"[{part!r}]" if isinstance(part, str) else f"[{part}]" for part in loc[1:])
+        expected, got = _expected_and_got(api, error)
+        errors.append({"param": param, "path": path, "expected": expected, "got": got})
+    parts = [
+        f"parameter {e['param']!r}{e['path']}: " + (e["expected"] if e["got"] is None else
+                                                   f"expected {e['expected']}, got {e['got']}")
+        for e in errors
+    ]
+    more = f" (and {len(parts) - _SHOWN_ERRORS} more)" if len(parts) > _SHOWN_ERRORS else ""
+    return BadRequest(f"invalid arguments for {api.name!r}: " + "; ".join(parts[:_SHOWN_ERRORS]) + more, errors)
+
+
+def _expected_and_got(api: ApiSpec, error: dict[str, Any]) -> tuple[str, str | None]:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "missing":
+        return "is missing (it is required)", None
+    if kind == "extra_forbidden":
+        return f"unknown; {api.name!r} takes {list(api.params)}", None
+    if kind == "too_short":
+        return f"at least {ctx['min_length']} item(s)", f"{ctx['actual_length']}"
+    if kind == "too_long":
+        return f"at most {ctx['max_length']} item(s)", f"{ctx['actual_length']}"
+    if kind in _BOUNDS:
+        sign, key = _BOUNDS[kind]
+        return f"a number {sign} {ctx[key]:g}", _shown(error.get("input"))
+    message = error["msg"].removeprefix("Value error, ")
+    return message.removeprefix("Input should be ").removeprefix("expected "), _shown(error.get("input"))
+
+
+_BOUNDS = {"less_than_equal": ("<=", "le"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
+           "greater_than": (">", "gt")}  # pydantic's error types, and the key of their bound
+
+def _shown(value: Any, limit: int = 60) -> str:
+    try:
+        text = orjson.dumps(value, option=_OPTIONS).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _json_type(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", dict: "an object",
+             list: "a list", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _rejection(api: ApiSpec, payload: Any) -> BadRequest:
     if not isinstance(payload, dict):
         return BadRequest(
-            f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, "
-            f"got {type(payload).__name__}"
+            f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, got {_json_type(payload)}"
         )
     unknown = payload.keys() - set(api.params)
     if unknown:
@@ -58,10 +172,14 @@ def _rejection(api: ApiSpec, payload: Any) -> BadRequest:
 
 
 def _fallback(obj: Any) -> Any:
-    # Tensors and arrays of any framework expose tolist(); the core names none of them.
+    # Arrays and tensors of any framework expose tolist(), pydantic models model_dump();
+    # the core names none of them.
     tolist = getattr(obj, "tolist", None)
     if callable(tolist):
         return tolist()
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 

@@ -1,8 +1,15 @@
-"""Native JSON routes: `POST /<api>`, `/livez`, `/readyz`, `/stats`, JSON errors."""
+"""Native JSON routes: `POST /<api>`, `/livez`, `/readyz`, `/stats`, JSON errors.
+
+A body is checked against the API's declarations before it is queued
+(`json_codec`); a request that fails in the user's code is logged once, with
+its traceback, the API's name and the request's id.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -11,15 +18,18 @@ from aiohttp import web
 from gpuserve.batching import ItemFailed, Refused
 from gpuserve.protocols.errors import json_error, refusal
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_json
+from gpuserve.protocols.request_ids import HEADER, request_id
 from gpuserve.service import ApiSpec
 
 if TYPE_CHECKING:
     from gpuserve.state import ServerState
 
+log = logging.getLogger("gpuserve.api")
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _timeout(raw: str) -> float:
+def request_timeout(raw: str) -> float:
     """The request's own deadline in seconds, from its header."""
     try:
         value = float(raw)
@@ -30,55 +40,61 @@ def _timeout(raw: str) -> float:
     return value
 
 
-def _api_handler(api: ApiSpec, state: "ServerState"):
+def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
     batcher = state.batcher
     settings = state.deployment.settings
     name = api.name
     decode = argument_decoder(api)
 
     async def handle(request: web.Request) -> web.Response:
+        rid = request_id(request)
         if not state.ready:
             reason = state.failure or "replicas are still being built"
-            return json_error(503, f"not ready: {reason}", retry_after=1)
+            return json_error(503, f"not ready: {reason}", rid, retry_after=1)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return json_error(
-                413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)"
+                413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)", rid
             )
         try:
-            kwargs = decode(body)
+            kwargs, rows = decode(body)
             # The batcher keeps the deadline (this one, or the server's default)
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else _timeout(own))
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else request_timeout(own), rows)
         except BadRequest as exc:
-            return json_error(400, str(exc))
+            return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
-            return refusal(exc)
+            return refusal(exc, rid)
         # A client that disconnects cancels this handler and so `future`: the
-        # batcher then drops the item if it has not started.
+        # batcher then drops the request if it has not started.
         try:
             payload = await future  # JSON bytes, encoded in the executor
         except ItemFailed as exc:
-            return json_error(500, f"{name!r} failed: {exc}", type=exc.failure.type)
+            failure = exc.failure
+            log.error("%r failed for request %s: %s: %s\n%s", name, rid, failure.type, failure.message,
+                      failure.traceback.rstrip())
+            return json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type)
         except Refused as exc:
-            return refusal(exc)
-        return web.Response(body=payload, content_type="application/json")
+            return refusal(exc, rid)
+        response = web.Response(body=payload, content_type="application/json")
+        response.headers[HEADER] = rid
+        return response
 
     return handle
 
 
-def add_native_routes(app: web.Application, state: "ServerState") -> None:
+def add_native_routes(app: web.Application, state: ServerState) -> None:
     async def livez(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readyz(request: web.Request) -> web.Response:
         if state.ready:
             return web.json_response({"status": "ready", "replicas": len(state.pool)})
         reason = state.failure or "replicas are still being built"
-        return json_error(503, f"not ready: {reason}", retry_after=1)
+        return json_error(503, f"not ready: {reason}", request_id(request), retry_after=1)
 
     async def stats(_: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(state.batcher.read_stats().snapshot()), content_type="application/json")
@@ -90,14 +106,28 @@ def add_native_routes(app: web.Application, state: "ServerState") -> None:
         app.router.add_post(f"/{api.name}", _api_handler(api, state))
 
 
-def add_fallback_route(app: web.Application, state: "ServerState") -> None:
-    """JSON 404 / 405 for everything no other route took; registered last."""
-    api_paths = {f"/{name}" for name in state.deployment.spec.apis}
+def add_fallback_route(app: web.Application, state: ServerState) -> None:
+    """JSON 404 / 405 (with `Allow`) for everything no other route took; registered last."""
+    allowed: dict[str, list[str]] | None = None  # path -> its methods, read once every route is in place
+
+    def methods_of(path: str) -> list[str]:
+        nonlocal allowed
+        if allowed is None:
+            allowed = {}
+            for route in app.router.routes():
+                canonical = route.resource.canonical if route.resource is not None else ""
+                if route.method != "*" and "{" not in canonical:
+                    allowed.setdefault(canonical, []).append(route.method)
+        return sorted(set(allowed.get(path, [])))
 
     async def fallback(request: web.Request) -> web.Response:
-        if request.path in api_paths:
-            return json_error(405, f"{request.method} {request.path}: use POST", allowed=["POST"])
-        routes = sorted(api_paths | {"/livez", "/readyz", "/stats", "/metrics"})
-        return json_error(404, f"no route {request.method} {request.path}; routes: {routes}")
+        rid = request_id(request)
+        methods = methods_of(request.path)
+        if methods:
+            response = json_error(405, f"{request.method} {request.path}: use {' or '.join(methods)}", rid,
+                                  allowed=methods)
+            response.headers["Allow"] = ", ".join(methods)
+            return response
+        return json_error(404, f"no route {request.method} {request.path}", rid)
 
     app.router.add_route("*", "/{tail:.*}", fallback)

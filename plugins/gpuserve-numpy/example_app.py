@@ -2,12 +2,15 @@
 
     python -m gpuserve serve example_app:Linear --backend numpy
 
-from this folder, then `POST /predict` with `{"x": [1, 2, 3]}`.
+from this folder, then `POST /predict` with `{"x": [[1, 2, 3]]}` (one or more rows).
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
+from numpy.typing import NDArray
 
 import gpuserve
 
@@ -26,6 +29,6 @@ class Linear:
         self.w = ctx.backend.place(weights(), ctx.planned[0])  # this replica's own copy
 
     @gpuserve.api(batchable=True, max_batch_size=32)
-    def predict(self, x: list[list[float]]) -> list[list[float]]:
-        # Batchable: `x` holds one input row per queued request; one output row each.
-        return (np.asarray(x, dtype=np.float64) @ self.w).tolist()
+    def predict(self, x: Annotated[NDArray[np.float64], gpuserve.Shape(-1, INPUTS)]) -> list[list[float]]:
+        # Batchable: `x` holds the rows of every queued request, as one array; one output row each.
+        return (x @ self.w).tolist()

@@ -82,3 +82,8 @@ class Nap:
     def nap(self, seconds: float):
         time.sleep(seconds)
         return seconds
+
+
+@gpuserve.service(backend="cpu", isolation="process")
+class BrokenInitProcess(BrokenInit):
+    pass

@@ -74,6 +74,15 @@ def held(server: Server, directory: Path, count: int = 1) -> Iterator[Gate]:
         pool.shutdown(wait=True)
 
 
+def one_row(server: Server, api: str, item: object, **kw: object) -> Reply:
+    """Post a request of one row (`{"item": [item]}`) to a batchable API; the reply with that row's result."""
+    reply = server.post(api, {"item": [item]}, **kw)
+    if reply.status == 200:
+        assert isinstance(reply.body, list) and len(reply.body) == 1, reply.body
+        return attrs.evolve(reply, body=reply.body[0])
+    return reply
+
+
 def post_and_leave(server: Server, api: str, body: dict, queued: Callable[[], bool]) -> None:
     """Send a request, wait until `queued()` says the server holds it, then hang up."""
     url = urlsplit(server.url)

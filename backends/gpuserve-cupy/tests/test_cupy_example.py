@@ -34,7 +34,7 @@ def test_without_a_cuda_driver_the_example_is_refused_with_the_reason() -> None:
 @pytest.mark.gpu
 def test_the_example_serves_on_the_gpu(tmp_path: Path) -> None:
     with serve("app:CupyService", cwd=EXAMPLE, env=real_env(), log_dir=tmp_path) as server:
-        reply = server.post("project", {"x": ROW})
-    assert reply.status == 200 and reply.body["device"] == "cuda:0"
+        reply = server.post("project", {"x": [ROW]})
+    assert reply.status == 200 and reply.body[0]["device"] == "cuda:0"
     want = np.tanh(np.array([ROW], dtype=np.float32) @ WEIGHTS)[0]
-    np.testing.assert_allclose(reply.body["output"], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reply.body[0]["output"], want, rtol=1e-4, atol=1e-5)

@@ -26,11 +26,12 @@ def real_env(**extra: str) -> dict[str, str]:
 
 def test_the_mirrored_example_serves_on_the_cpu_fallback(tmp_path: Path) -> None:
     with serve("app:Mirrored", cwd=EXAMPLE, env=real_env(CUDA_VISIBLE_DEVICES=""), log_dir=tmp_path) as server:
-        reply = server.post("predict", {"x": ROW})
+        reply = server.post("predict", {"x": [ROW]})
         assert server.log().count("Serving on the CPU") == 1
     assert reply.status == 200
-    assert len(reply.body["replicas"]) == 1 and "CPU" in reply.body["replicas"][0]
-    np.testing.assert_allclose(reply.body["output"], WANT, rtol=1e-5)
+    [answer] = reply.body
+    assert len(answer["replicas"]) == 1 and "CPU" in answer["replicas"][0]
+    np.testing.assert_allclose(answer["output"], WANT, rtol=1e-5)
 
 
 @pytest.mark.gpu
@@ -39,13 +40,13 @@ def test_the_mirrored_example_mirrors_over_two_gpus(tmp_path: Path, backend) -> 
         pytest.skip(f"needs two GPUs; TensorFlow sees {len(backend.devices())}")
     rows = [[(i + j) / 10 for j in range(16)] for i in range(9)]
     with serve("app:Mirrored", cwd=EXAMPLE, env=real_env(), log_dir=tmp_path) as server:
-        replies = [server.post("predict", {"x": row}) for row in rows]
-    for row, reply in zip(rows, replies):
-        assert reply.status == 200
-        assert [d.endswith(f"GPU:{i}") for i, d in enumerate(reply.body["replicas"])] == [True, True]
-        want = np.array([row], dtype="float32") @ np.linspace(-1.0, 1.0, 32, dtype="float32").reshape(16, 2)
+        reply = server.post("predict", {"x": rows})  # one request of 9 rows: split over the replicas
+    assert reply.status == 200
+    want = np.array(rows, dtype="float32") @ np.linspace(-1.0, 1.0, 32, dtype="float32").reshape(16, 2) + [0.5, -0.5]
+    for answer, expected in zip(reply.body, want, strict=True):
+        assert [d.endswith(f"GPU:{i}") for i, d in enumerate(answer["replicas"])] == [True, True]
         # TensorFloat-32 matmuls on recent GPUs keep 10 mantissa bits.
-        np.testing.assert_allclose(reply.body["output"], (want + [0.5, -0.5])[0], rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(answer["output"], expected, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.gpu
@@ -66,6 +67,6 @@ def test_a_tensorflow_service_serves_on_the_gpu(tmp_path: Path) -> None:
                 return [{"y": float(v[0]), "device": y.device, "w": self.w.device} for v in y.numpy()]
     """))
     with serve("svc:OnGpu", cwd=tmp_path, env=real_env(), log_dir=tmp_path) as server:
-        reply = server.post("apply", {"x": [1.0, 1.0]})
-    assert reply.status == 200 and reply.body["y"] == pytest.approx(5.0)
-    assert reply.body["device"].endswith("GPU:0") and reply.body["w"].endswith("GPU:0")
+        reply = server.post("apply", {"x": [[1.0, 1.0]]})
+    assert reply.status == 200 and reply.body[0]["y"] == pytest.approx(5.0)
+    assert reply.body[0]["device"].endswith("GPU:0") and reply.body[0]["w"].endswith("GPU:0")

@@ -176,7 +176,7 @@ def test_an_out_of_memory_batch_is_split_and_retried(tmp_path: Path) -> None:
         holder.start()
         wait_until_running(server, "hold")  # the one executor is busy: the 16 rows queue up together
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            replies = [pool.submit(server.post, "grow", {"row": i}) for i in range(16)]
+            replies = [pool.submit(server.post, "grow", {"row": [i]}) for i in range(16)]  # a row each
             deadline = time.monotonic() + 30
             while server.get("stats").body["grow"]["queue_depth"] < 16:
                 assert time.monotonic() < deadline, "the rows never queued"
@@ -185,5 +185,5 @@ def test_an_out_of_memory_batch_is_split_and_retried(tmp_path: Path) -> None:
         holder.join()
         stats = server.get("stats").body["grow"]
     assert {r.status for r in results} == {200}
-    assert [r.body for r in results] == [4] * 16  # tried as 16, then 8, both out of memory; ran as 4 x 4
+    assert [r.body for r in results] == [[4]] * 16  # tried as 16 rows, then 8, both out of memory; ran as 4 x 4
     assert list(stats["batch_ceiling"].values()) == [4]

@@ -87,17 +87,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_predict_matches_numpy(server: str) -> None:
     x = [1.0, 2.0, 3.0]
-    status, body = _request(f"{server}/predict", {"x": x})
+    status, body = _request(f"{server}/predict", {"x": [x]})
     assert status == 200, body
-    assert body == (np.asarray(x) @ _example_weights()).tolist()
+    assert body == (np.asarray([x]) @ _example_weights()).tolist()
 
 
 def test_concurrent_requests_each_get_their_own_row(server: str) -> None:
     rows = [[float(i), float(i + 1), float(-i)] for i in range(16)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda row: _request(f"{server}/predict", {"x": row}), rows))
+        answers = list(pool.map(lambda row: _request(f"{server}/predict", {"x": [row]}), rows))
     expected = (np.asarray(rows) @ _example_weights()).tolist()
-    assert answers == [(200, row) for row in expected]
+    assert answers == [(200, [row]) for row in expected]
 
 
 def test_plugin_hook_route(server: str) -> None:
