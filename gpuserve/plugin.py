@@ -22,7 +22,7 @@ What is here:
   with `--executors NAME`): `ExecutorKind` and the `Target` it is given (the
   service's `ServiceSpec` with its `Resources`, the backend, the `Settings`),
   `Executor` (what the pool drives: `start`, `alive`, `run`, `restart`,
-  `stop`), `Placement`, `BatchResult`, `Failure`, `Encoder`, `ExecutorDied`
+  `stop`, within `STOP_GRACE_S` unless told otherwise), `Placement`, `BatchResult`, `Failure`, `Encoder`, `ExecutorDied`
   (raise it when the replica is lost), `PlanError` (the replicas cannot fit);
   and to host a replica in a process of yours: `import_service`,
   `build_replica` and the `Replica` they build (`replica.run(api, items,
@@ -44,7 +44,7 @@ from gpuserve.devices import FAKE_GPUS_ENV, Device, Inventory, discover
 from gpuserve.devices import libcuda as _libcuda
 from gpuserve.devices.uuids import format_uuid, same_device, uuid_key
 from gpuserve.errors import BackendError, CapabilityError, GpuserveError, PlanError
-from gpuserve.executors.base import Executor, ExecutorDied, Placement
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement
 from gpuserve.executors.hosting import build_replica, import_service
 from gpuserve.executors.kind import EXECUTORS_GROUP, ExecutorKind, Target
 from gpuserve.executors.replica import Replica
@@ -74,6 +74,7 @@ __all__ = [
     "EXECUTORS_GROUP",
     "FAKE_GPUS_ENV",
     "PLUGINS_GROUP",
+    "STOP_GRACE_S",
     "Backend",
     "BackendEntry",
     "BackendError",
