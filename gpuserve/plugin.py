@@ -22,8 +22,10 @@ What is here:
   with `--executors NAME`): `ExecutorKind` and the `Target` it is given (the
   service's `ServiceSpec` with its `Resources`, the backend, the `Settings`),
   `Executor` (what the pool drives: `start`, `alive`, `run`, `restart`,
-  `stop`, within `STOP_GRACE_S` unless told otherwise), `Placement`, `BatchResult`, `Failure`, `Encoder`, `ExecutorDied`
-  (raise it when the replica is lost), `PlanError` (the replicas cannot fit);
+  `stop`, within `STOP_GRACE_S` unless told otherwise), `Placement`,
+  `BatchResult`, `Failure`, `Encoder`, `ExecutorDied` (raise it when the
+  replica is lost), `PlanError` (the replicas cannot fit), `format_bytes`,
+  `valid_gpu_types()`;
   and to host a replica in a process of yours: `import_service`,
   `build_replica` and the `Replica` they build (`replica.run(api, items,
   encoders)` runs one batch).

@@ -82,7 +82,8 @@ def add_native_routes(app: web.Application, state: "ServerState") -> None:
         if not replacing:
             return web.json_response({"status": "ready", "replicas": replicas})
         if len(replacing) == replicas:  # none can take work until one is rebuilt
-            return json_error(503, f"not ready: every replica is being replaced after it was lost ({', '.join(replacing)})",
+            lost = ", ".join(replacing)
+            return json_error(503, f"not ready: every replica is being replaced after it was lost ({lost})",
                               retry_after=1, replacing=replacing)
         return web.json_response({"status": "degraded", "replicas": replicas, "replacing": replacing})
 
