@@ -71,7 +71,7 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
     checks.append(_check(f"batched MLP (isolation=process) p99 / p50, {TARGET_CONCURRENCY} clients",
                          row and _tail_ratio(row), "<=", 2.0))
     kinds = results.get("scaling_kinds")
-    checks.append(_check(f"batched MLP through a Ray actor req/s / through a worker process req/s, one node, "
+    checks.append(_check(f"Ray actor / worker process req/s, one replica of the batched MLP on one node, "
                          f"{TARGET_CONCURRENCY} clients", kinds.get("rps_ratio") if isinstance(kinds, dict) else None,
                          ">=", 0.7))
     hot = [r for r in results.get("hotpath") or [] if isinstance(r, dict) and r.get("step") == BATCHER_STEP]
