@@ -17,9 +17,6 @@ import tempfile
 from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-# Ray's files (sockets, logs, the address of "the cluster on this machine") in a folder of these tests,
-# not the machine's /tmp/ray. Short: Ray's socket paths live under it.
-os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="gsr-", dir="/tmp")
 
 import attrs  # noqa: E402
 import pytest  # noqa: E402
@@ -50,7 +47,10 @@ class RayCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    root = Path(os.environ["RAY_TMPDIR"])
+    # Ray's files (sockets, logs, the address of "the cluster on this machine") in a folder of these
+    # tests, not the machine's /tmp/ray. Short: Ray's socket paths live under it.
+    root = Path(tempfile.mkdtemp(prefix="gsr-", dir="/tmp"))
+    os.environ["RAY_TMPDIR"] = str(root)
     journal = root / "journal"
     journal.mkdir()
     nodes = []
@@ -72,3 +72,4 @@ def ray_cluster():
         left = wait_gone(ours, timeout=30)
         assert not left, f"Ray processes left behind: {[alive(pid) for pid in left]}"
         shutil.rmtree(root, ignore_errors=True)
+        del os.environ["RAY_TMPDIR"]
