@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("serve+baseline", serve.steps(config), lambda tick: serve.run(config, logs, tick)))
     if "scaling" in config.scenarios:
         jobs.append(("scaling", scaling.steps(config), lambda tick: scaling.run(config, logs, tick)))
+        jobs.append(("scaling_kinds", scaling.kinds_steps(config), lambda tick: scaling.compare_kinds(config, logs, tick)))
     if "hotpath" in config.scenarios:
         jobs.append(("hotpath", hotpath.steps(config), lambda tick: hotpath.run(config, tick)))
     if "resnet" in config.scenarios:

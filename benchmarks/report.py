@@ -71,6 +71,10 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
     row = serve.get((MLP_TARGET, TARGET_CONCURRENCY))
     checks.append(_check(f"batched MLP (isolation=process) p99 / p50, {TARGET_CONCURRENCY} clients",
                          row and _tail_ratio(row), "<=", 2.0))
+    kinds = results.get("scaling_kinds")
+    checks.append(_check(f"Ray actor / worker process req/s, one replica of the batched MLP on one node, "
+                         f"{TARGET_CONCURRENCY} clients", kinds.get("rps_ratio") if isinstance(kinds, dict) else None,
+                         ">=", 0.7))
     hot = [r for r in results.get("hotpath") or [] if isinstance(r, dict) and r.get("step") == BATCHER_STEP]
     value = max((r["overhead_us_per_item"] for r in hot if r["clients"] == TARGET_CONCURRENCY), default=None)
     checks.append(_check(f"batcher overhead per item, in-process, {TARGET_CONCURRENCY} clients (us)",
@@ -272,6 +276,16 @@ def summary(document: dict[str, Any]) -> str:
         parts.append(_table(["executors", "layout", "clients", "req/s", "p50 ms", "p99 ms", "mean batch"],
                             [[r["executors"], r["layout"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"],
                               r["mean_batch"]] for r in _rows(results, "scaling")]))
+    kinds = results.get("scaling_kinds")
+    if isinstance(kinds, dict) and kinds.get("rows"):
+        parts.append(f"scaling: batched MLP, one replica as a Ray actor and as a worker process; Ray / process "
+                     f"req/s {_cell(kinds['rps_ratio'])}, Ray's extra overhead per batch "
+                     f"{_cell(kinds['extra_overhead_us_per_batch'])} us")
+        parts.append(_table(["executors", "clients", "req/s", "p50 ms", "p99 ms", "mean batch", "batch turn us",
+                             "exec us", "overhead us"],
+                            [[r["executors"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["mean_batch"],
+                              r["batch_turn_us"], r["exec_us_per_batch"], r["overhead_us_per_batch"]]
+                             for r in kinds["rows"]]))
     net = results.get("resnet")
     if isinstance(net, dict) and "ratio" in net:
         parts.append(f"resnet: ResNet-50, {net['dtype']}, {net['image_size']}x{net['image_size']} images, batch "

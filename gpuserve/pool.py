@@ -63,6 +63,7 @@ class DevicePool:
         self._leases = [Lease(self, executor) for executor in executors]
         self._idle: asyncio.Queue[Lease] = asyncio.Queue()
         self._replacing: set[asyncio.Task[None]] = set()  # strong references while they run
+        self._lost: set[str] = set()  # keys of the executors those tasks rebuild
         self.ready = False
 
     def __len__(self) -> int:
@@ -111,19 +112,28 @@ class DevicePool:
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)
 
+    @property
+    def replacing(self) -> list[str]:
+        """The keys of executors being rebuilt now (they take no work until they are)."""
+        return sorted(self._lost)
+
     async def _restart(self, lease: Lease) -> None:
         delay = RESTART_DELAY_S
-        while True:
-            try:
-                await lease.executor.restart()
-            except Exception as exc:
-                log.error("restarting executor %s failed: %s; retrying in %.1fs", lease.key, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RESTART_DELAY_S)
-                continue
-            log.warning("executor %s restarted", lease.key)
-            lease.release()
-            return
+        self._lost.add(lease.key)
+        try:
+            while True:
+                try:
+                    await lease.executor.restart()
+                except Exception as exc:
+                    log.error("restarting executor %s failed: %s; retrying in %.1fs", lease.key, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RESTART_DELAY_S)
+                    continue
+                log.warning("executor %s restarted", lease.key)
+                lease.release()
+                return
+        finally:
+            self._lost.discard(lease.key)
 
     async def stop(self, grace_s: float) -> bool:
         """Stop every executor, giving code still running about `grace_s`; False if some could not be ended."""

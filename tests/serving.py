@@ -1,19 +1,19 @@
-"""Start a real `python -m gpuserve serve` on a free port and talk to it over HTTP.
-
-The kit's own helpers (`gpuserve.testing.serving`), with this suite's apps folder as the default.
-"""
+"""The test kit's real servers (`gpuserve.testing.served`), started from this suite's app folder."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
+from typing import Any
 
-from gpuserve.testing import serving as _kit
-from gpuserve.testing.serving import Reply, Server, free_port, request, server_env, wait_until_running
+from gpuserve.testing.batching_client import wait_until_running
+from gpuserve.testing.served import Reply, Server, free_port, request, server_env
+from gpuserve.testing.served import serve as _serve
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 
-serve = functools.partial(_kit.serve, cwd=APPS)
-
 __all__ = ["APPS", "ROOT", "Reply", "Server", "free_port", "request", "serve", "server_env", "wait_until_running"]
+
+
+def serve(ref: str, *args: str, cwd: Path = APPS, **kw: Any):
+    return _serve(ref, *args, cwd=cwd, **kw)

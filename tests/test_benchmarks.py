@@ -80,7 +80,9 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
 
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 6
+    assert len(document["targets"]) == 7
+    kinds = results["scaling_kinds"]  # Ray beside processes where gpuserve-ray is installed; said so where not
+    assert "gpuserve-ray is not installed" in kinds["skipped"] if "skipped" in kinds else kinds["rps_ratio"] > 0
     assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",
                                       "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png"}
     assert all(_png(run_dir / name) for name in document["plots"])
@@ -106,6 +108,10 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
         "baseline": _serve_rows("baseline", 1000.0),
         "hotpath": [{"step": BATCHER_STEP, "clients": 64, "us_per_item": 12.0,
                      "overhead_us_per_item": 11.0}],
+        "scaling_kinds": {"rps_ratio": 0.75, "extra_overhead_us_per_batch": 900.0, "rows": [
+            {"executors": kind, "concurrency": 64, "rps": rps, "p50_ms": 2.0, "p99_ms": 4.0, "mean_batch": 32.0,
+             "batch_turn_us": turn, "exec_us_per_batch": 150.0, "overhead_us_per_batch": turn - 150.0}
+            for kind, rps, turn in (("process", 1000.0, 2000.0), ("ray", 750.0, 2900.0))]},
     }
     compared = report.ratios(results)
     assert {(r["workload"], r["baseline"]) for r in compared} == {
@@ -116,8 +122,8 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
 
     results["resnet"] = {"ratio": 0.93}
     checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)}
-    assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "batcher<=": True,
-                      "ResNet-50>=": True}
+    assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "Ray>=": True,
+                      "batcher<=": True, "ResNet-50>=": True}
     del results["resnet"]
 
     plots = report.plots(tmp_path, results, compared)
@@ -126,6 +132,7 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
 
     table = report.summary({"results": results, "ratios": compared, "targets": report.targets(results, compared)})
     assert "mlp_batched_process" in table and "NO" in table
+    assert "Ray / process req/s 0.75, Ray's extra overhead per batch 900 us" in table
 
 
 def test_the_tail_target_compares_each_round_with_its_own_median() -> None:

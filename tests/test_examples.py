@@ -23,7 +23,7 @@ from types import ModuleType
 
 import pytest
 
-from gpuserve.testing.serving import serve
+from gpuserve.testing.served import serve
 from serving import ROOT
 
 torch = pytest.importorskip("torch")

@@ -91,10 +91,18 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if state.ready:
-            return web.json_response({"status": "ready", "replicas": len(state.pool)})
-        reason = state.failure or "replicas are still being built"
-        return json_error(503, f"not ready: {reason}", request_id(request), retry_after=1)
+        rid = request_id(request)
+        if not state.ready:
+            reason = state.failure or "replicas are still being built"
+            return json_error(503, f"not ready: {reason}", rid, retry_after=1)
+        replicas, replacing = len(state.pool), state.pool.replacing
+        if not replacing:
+            return web.json_response({"status": "ready", "replicas": replicas})
+        if len(replacing) == replicas:  # none can take work until one is rebuilt
+            lost = ", ".join(replacing)
+            return json_error(503, f"not ready: every replica is being replaced after it was lost ({lost})", rid,
+                              retry_after=1, replacing=replacing)
+        return web.json_response({"status": "degraded", "replicas": replicas, "replacing": replacing})
 
     async def stats(_: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(state.batcher.read_stats().snapshot()), content_type="application/json")

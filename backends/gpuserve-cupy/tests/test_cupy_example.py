@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpuserve.plugin import FAKE_GPUS_ENV, cuda_driver_problem
-from gpuserve.testing.serving import serve
+from gpuserve.testing.served import serve
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "cupy-service"
 ROW = [0.1 * i for i in range(1, 17)]

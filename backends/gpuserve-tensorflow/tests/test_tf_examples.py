@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpuserve.plugin import FAKE_GPUS_ENV
-from gpuserve.testing.serving import serve
+from gpuserve.testing.served import serve
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mirrored-strategy"
 ROW = [0.1 * i for i in range(1, 17)]

@@ -167,9 +167,10 @@ def test_a_torch_service_serves_from_worker_processes(tmp_path):
                 pass
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        request = urllib.request.Request(f"{url}/double", data=json.dumps({"x": [1, 2.5, -3]}).encode())
+        # A batchable API takes rows: a request of one row, one answer.
+        request = urllib.request.Request(f"{url}/double", data=json.dumps({"x": [[1, 2.5, -3]]}).encode())
         with urllib.request.urlopen(request, timeout=30) as r:
-            answer = json.loads(r.read())
+            [answer] = json.loads(r.read())
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -11,13 +11,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from gpuserve.plugin import FAKE_GPUS_ENV, discover, uuid_key
-from gpuserve.testing.serving import Server, serve, wait_until_running
+from gpuserve.testing.batching_client import post_all, queued, stats, wait_until_running
+from gpuserve.testing.served import Server, serve
 
 pytestmark = pytest.mark.gpu
 
@@ -162,10 +162,10 @@ SPLITS = """
             return seconds
 
         @gpuserve.api(batchable=True, max_batch_size=16, max_latency_ms=120_000)
-        def grow(self, row: list[int]) -> list[int]:
-            block = torch.empty(len(row) * self.row_bytes, dtype=torch.uint8, device=gpuserve.context().device)
+        def grow(self, item: list[str]) -> list[int]:
+            block = torch.empty(len(item) * self.row_bytes, dtype=torch.uint8, device=gpuserve.context().device)
             del block
-            return [len(row)] * len(row)
+            return [len(item)] * len(item)
 """
 
 
@@ -175,15 +175,11 @@ def test_an_out_of_memory_batch_is_split_and_retried(tmp_path: Path) -> None:
         holder = threading.Thread(target=server.post, args=("hold", {"seconds": 2.0}))
         holder.start()
         wait_until_running(server, "hold")  # the one executor is busy: the 16 rows queue up together
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            replies = [pool.submit(server.post, "grow", {"row": [i]}) for i in range(16)]  # a row each
-            deadline = time.monotonic() + 30
-            while server.get("stats").body["grow"]["queue_depth"] < 16:
-                assert time.monotonic() < deadline, "the rows never queued"
-                time.sleep(0.02)
-            results = [f.result(timeout=120) for f in replies]
+        replies = post_all(server, "grow", [f"row-{i}" for i in range(16)])  # a request of one row each
+        queued(server, "grow", 16)
+        results = [f.result(timeout=120) for f in replies]
         holder.join()
-        stats = server.get("stats").body["grow"]
+        ceiling = stats(server, "grow")["batch_ceiling"]
     assert {r.status for r in results} == {200}
-    assert [r.body for r in results] == [[4]] * 16  # tried as 16 rows, then 8, both out of memory; ran as 4 x 4
-    assert list(stats["batch_ceiling"].values()) == [4]
+    assert [r.body for r in results] == [4] * 16  # tried as 16 rows, then 8, both out of memory; ran as 4 x 4
+    assert list(ceiling.values()) == [4]

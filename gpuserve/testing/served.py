@@ -1,10 +1,11 @@
-"""Serve a service for real in a test: `python -m gpuserve serve` on a free port, and an HTTP client.
+"""Start a real `python -m gpuserve serve` on a free port and talk to it over HTTP.
 
-    with serve("app:Service", cwd=folder, log_dir=tmp_path, env={"CUDA_VISIBLE_DEVICES": "1"}) as server:
-        assert server.post("predict", {"x": [1.0]}).status == 200
+    with serve("app:Classifier", "--workers", "2", cwd=app_dir, log_dir=tmp_path) as server:
+        assert server.post("predict", {"x": [...]}).status == 200
 
-The server is a process of its own, as in production; the standard library's
-client talks to it, so a test sees exactly what a user's client would.
+The server runs as a child process with the caller's environment less its
+`GPUSERVE_*` variables (plus `env`); its output goes to a log file whose text
+an error shows when it does not start.
 """
 
 from __future__ import annotations
@@ -72,18 +73,16 @@ class Server:
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without `GPUSERVE_*` (a test sets what it means), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUSERVE_")}
     env.update(extra or {})
     return env
 
 
 @contextlib.contextmanager
-def serve(ref: str, *args: str, cwd: Path, env: Mapping[str, str] | None = None, log_dir: Path,
-          wait_ready: bool = True, timeout: float = 90) -> Iterator[Server]:
-    """`python -m gpuserve serve REF ARGS` from `cwd`, until the block ends (then SIGTERM)."""
+def serve(ref: str, *args: str, cwd: Path | str = ".", env: Mapping[str, str] | None = None,
+          log_dir: Path, wait_ready: bool = True, timeout: float = 90) -> Iterator[Server]:
     port = free_port()
-    log_path = Path(log_dir) / f"server-{port}.log"
+    log_path = log_dir / f"server-{port}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gpuserve", "serve", ref, "--port", str(port), *args],
@@ -112,11 +111,3 @@ def _wait(server: Server, path: str, timeout: float) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"server not answering {path} after {timeout}s:\n{server.log()}")
-
-
-def wait_until_running(server: Server, api: str, timeout: float = 30) -> None:
-    """Wait until `api` has an item running on some executor (per /stats)."""
-    deadline = time.monotonic() + timeout
-    while not any(server.get("stats").body[api]["in_flight"].values()):
-        assert time.monotonic() < deadline, f"{api} never started"
-        time.sleep(0.02)
