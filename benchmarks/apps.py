@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
+from typing_extensions import TypedDict
 
 import gpuserve
 
@@ -53,6 +54,11 @@ class Echo:
         return x
 
 
+class Prediction(TypedDict):  # the example's answer per row: over v2, one output per field
+    label: int
+    probabilities: list[float]
+
+
 @gpuserve.service(resources={"gpu": 1})
 class Mlp:
     """The example classifier, one request per call and batched."""
@@ -67,8 +73,22 @@ class Mlp:
         return self.code.predict(self.model, np.array([x], dtype=np.float32), self.device)[0]
 
     @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
-    def predict_batched(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[dict]:
+    def predict_batched(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[Prediction]:
         return self.code.predict(self.model, x, self.device)
+
+
+IMAGE_SHAPE = (224, 224, 3)  # one FP32 image: 602,112 bytes
+
+
+@gpuserve.service(backend="cpu")
+class Images:
+    """What the v2 protocol's binary path costs: an image tensor in, the same tensor out."""
+
+    @gpuserve.api
+    def echo_image(
+        self, image: Annotated[NDArray[np.float32], gpuserve.Shape(*IMAGE_SHAPE)]
+    ) -> Annotated[NDArray[np.float32], gpuserve.Shape(*IMAGE_SHAPE)]:
+        return image
 
 
 @gpuserve.service(resources={"gpu": 1})

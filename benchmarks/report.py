@@ -41,7 +41,7 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             "concurrency": row["concurrency"],
             "rps": row["rps"],
             "baseline_rps": base["rps"],
-            "rps_ratio": _paired_ratio(row, base),
+            "rps_ratio": paired_ratio(row, base),
             "p50_ms": row["p50_ms"],
             "p99_ms": row["p99_ms"],
             "baseline_p50_ms": base["p50_ms"],
@@ -75,6 +75,11 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
     checks.append(_check(f"Ray actor / worker process req/s, one replica of the batched MLP on one node, "
                          f"{TARGET_CONCURRENCY} clients", kinds.get("rps_ratio") if isinstance(kinds, dict) else None,
                          ">=", 0.7))
+    v2 = results.get("v2")
+    image = [r for r in (v2.get("ratios") or []) if r["workload"] == "image_v2" and r["concurrency"] == TARGET_CONCURRENCY] \
+        if isinstance(v2, dict) else []
+    checks.append(_check(f"v2 binary 224x224x3 FP32 image req/s / raw aiohttp handler req/s, {TARGET_CONCURRENCY} clients",
+                         image[0]["rps_ratio"] if image else None, ">=", 0.9))
     hot = [r for r in results.get("hotpath") or [] if isinstance(r, dict) and r.get("step") == BATCHER_STEP]
     value = max((r["overhead_us_per_item"] for r in hot if r["clients"] == TARGET_CONCURRENCY), default=None)
     checks.append(_check(f"batcher overhead per item, in-process, {TARGET_CONCURRENCY} clients (us)",
@@ -91,7 +96,7 @@ def _check(name: str, value: float | None, op: str, limit: float) -> dict[str, A
     return {"target": name, "value": value, "op": op, "limit": limit, "met": met}
 
 
-def _paired_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
+def paired_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
     """Median of round-by-round ratios: each round's two figures were taken seconds apart,
     so a neighbour's burst of load falls on both; falls back to the ratio of medians."""
     pairs = [_ratio(a["rps"], b["rps"]) for a, b in zip(row["rounds"], base["rounds"])]
@@ -286,6 +291,15 @@ def summary(document: dict[str, Any]) -> str:
                             [[r["executors"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["mean_batch"],
                               r["batch_turn_us"], r["exec_us_per_batch"], r["overhead_us_per_batch"]]
                              for r in kinds["rows"]]))
+    v2 = results.get("v2")
+    if isinstance(v2, dict) and v2.get("ratios"):
+        parts.append("v2 protocol, same run: each gpuserve workload against what it is compared with"
+                     + ("" if v2.get("triton") else " (no Triton: pass --triton-python for that baseline)"))
+        parts.append(_table(["workload", "against", "clients", "req/s", "its req/s", "ratio", "p50 ms", "p99 ms",
+                             "its p50", "its p99", "errors"],
+                            [[r["workload"], r["against"], r["concurrency"], r["rps"], r["against_rps"], r["rps_ratio"],
+                              r["p50_ms"], r["p99_ms"], r["against_p50_ms"], r["against_p99_ms"], r["errors"]]
+                             for r in v2["ratios"]]))
     net = results.get("resnet")
     if isinstance(net, dict) and "ratio" in net:
         parts.append(f"resnet: ResNet-50, {net['dtype']}, {net['image_size']}x{net['image_size']} images, batch "

@@ -33,6 +33,8 @@ class Target:
     server: str
     path: str
     body: bytes = BODY  # batchable APIs take a list of rows: ROWS_BODY
+    headers: tuple[tuple[str, str], ...] = tuple(loadgen.JSON_HEADERS.items())
+    api: str | None = None  # the API whose /stats count its batches (default: the path's)
 
 
 GPUSERVE = (
@@ -92,7 +94,7 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
             if config.warmup_s > 0:
                 for target in chosen:
                     loadgen.measure(tool, servers[target.server].url + target.path, target.body, concurrency,
-                                    config.warmup_s)
+                                    config.warmup_s, dict(target.headers))
                     progress(1)
             for number in range(config.rounds):
                 # Every other round in reverse: whoever goes first after a pause,
@@ -110,16 +112,15 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
 
 def check(server: Server, target: Target) -> None:
     """One request first: a benchmark of error answers would be worthless."""
-    request = urllib.request.Request(server.url + target.path, data=target.body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(server.url + target.path, data=target.body, headers=dict(target.headers))
     with urllib.request.urlopen(request, timeout=30) as answer:
-        json.loads(answer.read())
+        answer.read()
 
 
 def measure(tool: str, server: Server, target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
     batches_before = batch_sizes(server, target)
     cpu_before = server.cpu_seconds()
-    load = loadgen.measure(tool, server.url + target.path, target.body, concurrency, seconds)
+    load = loadgen.measure(tool, server.url + target.path, target.body, concurrency, seconds, dict(target.headers))
     cpu_after = server.cpu_seconds()
     point = attrs.asdict(load)
     known = cpu_before is not None and cpu_after is not None
@@ -135,7 +136,7 @@ def batch_sizes(server: Server, target: Target) -> Counter[int]:
         return Counter()
     with urllib.request.urlopen(server.url + "/stats", timeout=10) as answer:
         stats = json.loads(answer.read())
-    sizes = stats.get(target.path.lstrip("/"), {}).get("batch_sizes", {})
+    sizes = stats.get(target.api or target.path.lstrip("/"), {}).get("batch_sizes", {})
     return Counter({int(size): count for size, count in sizes.items()})
 
 

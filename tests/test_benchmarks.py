@@ -61,7 +61,7 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert document["cpu_only"] == (not document["environment"]["gpus"])
 
     results = document["results"]
-    assert {"device", "serve", "baseline", "scaling", "hotpath", "resnet"} <= results.keys()
+    assert {"device", "serve", "baseline", "v2", "scaling", "hotpath", "resnet"} <= results.keys()
     assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
     assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
     for side, workloads in (("serve", {"echo", "echo_batched", "echo_access_log", "mlp", "mlp_batched",
@@ -80,7 +80,12 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
 
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 7
+    assert len(document["targets"]) == 8
+    v2 = results["v2"]  # the v2 protocol beside raw aiohttp and the hand-written batcher (Triton only when given)
+    assert {(r["workload"], r["against"]) for r in v2["ratios"]} == {
+        ("image_v2", "image"), ("mlp_native", "mlp_batched"), ("mlp_v2_json", "mlp_batched"),
+        ("mlp_v2_binary", "mlp_batched")}
+    assert all(r["rps_ratio"] > 0 and r["errors"] == 0 for r in v2["ratios"]) and v2["triton"] is False
     kinds = results["scaling_kinds"]  # Ray beside processes where gpuserve-ray is installed; said so where not
     assert "gpuserve-ray is not installed" in kinds["skipped"] if "skipped" in kinds else kinds["rps_ratio"] > 0
     assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",
@@ -122,8 +127,8 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
 
     results["resnet"] = {"ratio": 0.93}
     checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)}
-    assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "Ray>=": True,
-                      "batcher<=": True, "ResNet-50>=": True}
+    assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "v2>=": None,
+                      "Ray>=": True, "batcher<=": True, "ResNet-50>=": True}
     del results["resnet"]
 
     plots = report.plots(tmp_path, results, compared)

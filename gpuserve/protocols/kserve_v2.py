@@ -71,15 +71,20 @@ def _metadata(model: V2Model) -> dict[str, Any]:
             "inputs": [t.describe() for t in model.inputs], "outputs": [t.describe() for t in model.outputs]}
 
 
-def _raw(array: Any, datatype: str) -> bytes:
-    """A tensor's binary form: little-endian, row-major; BYTES as a 4-byte length and the bytes."""
+def _raw(array: Any, datatype: str) -> bytes | memoryview:
+    """A tensor's binary form: little-endian, row-major; BYTES as a 4-byte length and the bytes.
+
+    A numeric array comes as a view of its own buffer (a copy only when it is not
+    contiguous little-endian already): the answer's one copy is its final join.
+    """
     if datatype == "BYTES":
         parts = []
         for value in array.ravel():
             data = value.encode() if isinstance(value, str) else bytes(value)
             parts += (_LENGTH.pack(len(data)), data)
         return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<")).tobytes()
+    contiguous = np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<"))
+    return memoryview(contiguous).cast("B")
 
 
 def _json_data(array: Any, datatype: str) -> Any:

@@ -18,7 +18,7 @@ from conftest import APPS, RAY_ENV
 from processes import descendants, listening, wait_gone
 
 from gpuserve.plugin import Settings, Target, import_service, installed_backend
-from gpuserve.testing.batching_client import stats, wait_until
+from gpuserve.testing.batching_client import one_row, stats, wait_until
 from gpuserve.testing.served import serve, server_env
 from gpuserve_ray import RayKind
 
@@ -98,11 +98,11 @@ def test_a_replica_killed_under_load_loses_no_request_and_readyz_reports_it_unti
     with serve("gpuserve.testing.batching_app:Batching", *on_ray(ray_cluster, "--workers", "2"), cwd=APPS,
                env={**RAY_ENV, "BATCH_APPS_DIR": str(journal)}, log_dir=tmp_path) as server:
         # Free executors are handed out in turn: two requests in a row reach both replicas.
-        pids = {r["worker"]: r["pid"] for r in (server.post("work", {"item": f"who-{i}"}).body for i in range(2))}
+        pids = {r["worker"]: r["pid"] for r in (one_row(server, "work", f"who-{i}").body for i in range(2))}
         assert set(pids) == {0, 1}
         victim, victim_key = pids[0], "ray#0.0"
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            load = [pool.submit(server.post, "work", {"item": f"load-{i}"}, timeout=90) for i in range(total)]
+            load = [pool.submit(one_row, server, "work", f"load-{i}", timeout=90) for i in range(total)]
             wait_until(lambda: sum(f.done() for f in load) >= 40, "the load is under way")
             os.kill(victim, signal.SIGKILL)
             readiness = []
@@ -115,7 +115,7 @@ def test_a_replica_killed_under_load_loses_no_request_and_readyz_reports_it_unti
                 time.sleep(0.01)
             replies = [f.result() for f in load]
         after = stats(server, "work")
-        new_pids = {r["worker"]: r["pid"] for r in (server.post("work", {"item": f"after-{i}"}).body for i in range(8))}
+        new_pids = {r["worker"]: r["pid"] for r in (one_row(server, "work", f"after-{i}").body for i in range(8))}
     assert (200, "degraded", (victim_key,)) in readiness, readiness  # while the lost replica was rebuilt
     assert readiness[-1] == (200, "ready", ()), readiness
     statuses = collections.Counter(r.status for r in replies)

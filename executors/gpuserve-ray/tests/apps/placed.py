@@ -49,15 +49,12 @@ class WrongType:
 
 @gpuserve.service(backend="cpu")
 class Arrays:
-    @gpuserve.api(batchable=True)
-    def inspect(self, x: list[np.ndarray]) -> list[dict]:
-        out = []
-        for array in x:
-            try:
-                array += 1  # what user code may not do with an array from Ray's object store
-                wrote = "wrote in place"
-            except ValueError as exc:
-                wrote = str(exc)
-            out.append({"writeable": array.flags.writeable, "sum": float(array.sum()), "in_place": wrote,
-                        "copy_sum": float((np.array(array) + 1).sum())})
-        return out
+    @gpuserve.api
+    def inspect(self, x) -> dict:  # unannotated: the array passes as it arrives
+        try:
+            x += 1  # what user code may not do with an array from Ray's object store
+            wrote = "wrote in place"
+        except ValueError as exc:
+            wrote = str(exc)
+        return {"writeable": x.flags.writeable, "sum": float(x.sum()), "in_place": wrote,
+                "copy_sum": float((np.array(x) + 1).sum())}
