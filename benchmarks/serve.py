@@ -86,28 +86,34 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
     chosen = targets(config)
     tool = loadgen.choose_tool(config.loadgen)
     needed = sorted({t.server for t in chosen})
-    rounds: dict[tuple[Target, int], list[dict[str, Any]]] = {}
     with running([(name, COMMANDS[name]) for name in needed], log_dir) as servers:
         for target in chosen:
             check(servers[target.server], target)
-        for concurrency in config.concurrency:
-            if config.warmup_s > 0:
-                for target in chosen:
-                    loadgen.measure(tool, servers[target.server].url + target.path, target.body, concurrency,
-                                    config.warmup_s, dict(target.headers))
-                    progress(1)
-            for number in range(config.rounds):
-                # Every other round in reverse: whoever goes first after a pause,
-                # or right after a neighbour's burst, is not always the same.
-                for target in chosen if number % 2 == 0 else chosen[::-1]:
-                    point = measure(tool, servers[target.server], target, concurrency, config.round_s)
-                    rounds.setdefault((target, concurrency), []).append(point)
-                    progress(1)
+        rounds = take_turns(chosen, servers, tool, config, progress)
     results: dict[str, list[dict[str, Any]]] = {"serve": [], "baseline": []}
     for (target, concurrency), measured in rounds.items():
         side = "serve" if target.side == "gpuserve" else "baseline"
         results[side].append(summarise(target, concurrency, measured))
     return results
+
+
+def take_turns(chosen: Sequence[Target], servers: dict[str, Server], tool: str, config: RunConfig,
+               progress: Callable[[int], None]) -> dict[tuple[Target, int], list[dict[str, Any]]]:
+    """Each target's points per concurrency: a warm-up, then rounds in which every target takes its turn."""
+    rounds: dict[tuple[Target, int], list[dict[str, Any]]] = {}
+    for concurrency in config.concurrency:
+        if config.warmup_s > 0:
+            for target in chosen:
+                measure(tool, servers[target.server], target, concurrency, config.warmup_s)
+                progress(1)
+        for number in range(config.rounds):
+            # Every other round in reverse: whoever goes first after a pause,
+            # or right after a neighbour's burst, is not always the same.
+            for target in chosen if number % 2 == 0 else chosen[::-1]:
+                point = measure(tool, servers[target.server], target, concurrency, config.round_s)
+                rounds.setdefault((target, concurrency), []).append(point)
+                progress(1)
+    return rounds
 
 
 def check(server: Server, target: Target) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks import loadgen
 from benchmarks.apps import IMAGE_SHAPE
 from benchmarks.config import RunConfig
-from benchmarks.serve import Target, measure, summarise
+from benchmarks.serve import Target, summarise, take_turns
 from benchmarks.servers import baseline_command, gpuserve_command, running
 from benchmarks.report import paired_ratio
 
@@ -102,17 +102,8 @@ def steps(config: RunConfig) -> int:
 def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> dict[str, Any]:
     chosen = targets(config)
     tool = loadgen.choose_tool(config.loadgen)
-    rounds: dict[tuple[Target, int], list[dict[str, Any]]] = {}
     with running(list(_commands(config).items()), log_dir, {"triton": "/v2/health/ready"}) as servers:
-        for concurrency in config.concurrency:
-            for target in chosen if config.warmup_s > 0 else ():
-                measure(tool, servers[target.server], target, concurrency, config.warmup_s)
-                progress(1)
-            for number in range(config.rounds):
-                for target in chosen if number % 2 == 0 else chosen[::-1]:
-                    point = measure(tool, servers[target.server], target, concurrency, config.round_s)
-                    rounds.setdefault((target, concurrency), []).append(point)
-                    progress(1)
+        rounds = take_turns(chosen, servers, tool, config, progress)
     rows = [dict(summarise(target, concurrency, measured), side=target.side)
             for (target, concurrency), measured in rounds.items()]
     return {"rows": rows, "ratios": _ratios(rows), "triton": bool(config.triton_python)}
