@@ -10,9 +10,7 @@
 - `fake_gpu` / `write_fake_inventory`: a GPU inventory for machines without
   GPUs, read through `GPUSERVE_FAKE_GPUS` (format in FAKE_GPUS.md);
 - the pytest plugin (entry point `pytest11`): the `gpu` marker, which skips a
-  test unless a real GPU is visible, and the `fake_gpus` fixture;
-- `serving`: a service served for real (`python -m gpuserve serve` on a free
-  port, in a process of its own) and an HTTP client, for end-to-end tests.
+  test unless a real GPU is visible, and the `fake_gpus` fixture.
 
 Importing this package imports pytest only when a conformance class is used,
 so the fake inventory helpers work in a plain install.
