@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, scaling, serve, servers, v2
+from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, v2
 from benchmarks.config import SCENARIOS, RunConfig
 
 SCHEMA = 1
@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("scaling_kinds", scaling.kinds_steps(config), lambda tick: scaling.compare_kinds(config, logs, tick)))
     if "hotpath" in config.scenarios:
         jobs.append(("hotpath", hotpath.steps(config), lambda tick: hotpath.run(config, tick)))
+    if "resnet" in config.scenarios:
+        jobs.append(("resnet", resnet.steps(config), lambda tick: resnet.run(config, logs, tick)))
 
     results: dict[str, Any] = {}
     failed = False

@@ -1,10 +1,11 @@
-"""The services gpuserve serves in the benchmarks: an echo and the example MLP.
+"""The services gpuserve serves in the benchmarks: an echo, the example MLP and ResNet-50.
 
-Each comes with and without batching. The MLP is the example classifier's own
-model and forward pass (`examples/classifier/model.py`), loaded from its file
-so that the baseline server runs exactly the same code. The batched MLP is
-typed as the example is: its body is checked at the door and its rows merged
-into one float32 array.
+The echo and the MLP come with and without batching. The MLP is the example
+classifier's own model and forward pass (`examples/classifier/model.py`),
+loaded from its file so that the baseline server runs exactly the same code.
+The batched MLP is typed as the example is: its body is checked at the door
+and its rows merged into one float32 array. ResNet-50 (scenario `resnet`)
+runs the same `classify` as its offline loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from numpy.typing import NDArray
 from typing_extensions import TypedDict
 
 import gpuserve
+
+from benchmarks.config import RESNET_BATCH
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "classifier" / "model.py"
 MAX_BATCH = 64  # the example classifier's own max_batch_size
@@ -86,3 +89,20 @@ class Images:
         self, image: Annotated[NDArray[np.float32], gpuserve.Shape(*IMAGE_SHAPE)]
     ) -> Annotated[NDArray[np.float32], gpuserve.Shape(*IMAGE_SHAPE)]:
         return image
+
+
+@gpuserve.service(resources={"gpu": 1})
+class ResNet50:
+    """ResNet-50 (fp16 on GPUs) on images the request names by index (`benchmarks/resnet_model.py`)."""
+
+    def __init__(self) -> None:
+        from benchmarks import resnet_model
+
+        device = gpuserve.context().device
+        self.net = resnet_model
+        self.model, self.bank = resnet_model.build(device), resnet_model.make_bank(device)
+
+    # A generous latency bound: this measures throughput, and admission must not refuse the load.
+    @gpuserve.api(batchable=True, max_batch_size=RESNET_BATCH, max_latency_ms=10_000)
+    def classify(self, image: list[int]) -> list[int]:
+        return self.net.classify(self.model, self.bank, image)

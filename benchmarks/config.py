@@ -6,10 +6,11 @@ from pathlib import Path
 
 import attrs
 
-SCENARIOS = ("device", "serve", "baseline", "v2", "scaling", "hotpath")
+SCENARIOS = ("device", "serve", "baseline", "v2", "scaling", "hotpath", "resnet")
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 256)
+RESNET_BATCH = 32  # the `resnet` scenario's batch size, served (max_batch_size) and offline
 
 
 @attrs.frozen

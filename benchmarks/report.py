@@ -15,6 +15,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.config import RESNET_BATCH  # noqa: E402
 from benchmarks.serve import BASELINE_OF  # noqa: E402
 
 TARGET_CONCURRENCY = 64
@@ -83,6 +84,10 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
     value = max((r["overhead_us_per_item"] for r in hot if r["clients"] == TARGET_CONCURRENCY), default=None)
     checks.append(_check(f"batcher overhead per item, in-process, {TARGET_CONCURRENCY} clients (us)",
                          value, "<=", 20.0))
+    net = results.get("resnet")
+    measured = net.get("ratio") if isinstance(net, dict) else None
+    checks.append(_check(f"ResNet-50 (fp16 on GPUs) served items/s / offline items/s, batch {RESNET_BATCH}",
+                         measured, ">=", 0.9))
     return checks
 
 
@@ -295,6 +300,13 @@ def summary(document: dict[str, Any]) -> str:
                             [[r["workload"], r["against"], r["concurrency"], r["rps"], r["against_rps"], r["rps_ratio"],
                               r["p50_ms"], r["p99_ms"], r["against_p50_ms"], r["against_p99_ms"], r["errors"]]
                              for r in v2["ratios"]]))
+    net = results.get("resnet")
+    if isinstance(net, dict) and "ratio" in net:
+        parts.append(f"resnet: ResNet-50, {net['dtype']}, {net['image_size']}x{net['image_size']} images, batch "
+                     f"{net['batch_size']}, {net['clients']} clients, on {net['device']}")
+        parts.append(_table(["offline items/s", "served items/s", "ratio", "mean batch", "p50 ms", "p99 ms", "errors"],
+                            [[net["offline_items_per_s"], net["served_items_per_s"], net["ratio"], net["mean_batch"],
+                              net["p50_ms"], net["p99_ms"], net["errors"]]]))
     if _rows(results, "hotpath"):
         parts.append("hot path, in-process (best of repeats)")
         parts.append(_table(["step", "clients", "us/item", "over floor"],

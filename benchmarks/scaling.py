@@ -39,7 +39,7 @@ TARGET = Target("gpuserve", "mlp_batched", "gpuserve-mlp", "/predict_batched", R
 
 def layouts(config: RunConfig) -> list[tuple[int, str, list[str]]]:
     """(executors, how, extra flags) for this machine."""
-    gpus = len(discover(os.environ).devices)
+    gpus = len(discover(os.environ).enumerated)
     counts = (1, 2) if config.quick else (1, 2, 4)
     if gpus > 1:
         return [(n, "gpus", ["--workers", str(n)]) for n in sorted({n for n in counts if n < gpus} | {gpus})]

@@ -65,13 +65,17 @@ class Backend:
       `name`       the entry-point name users pass to `--backend`;
       `priority`   higher wins when several viable backends are installed;
       `uses_gpus`  False for a backend that only ever runs on the CPU;
-      `auto_select` False for a backend used only when named (`--backend`).
+      `auto_select` False for a backend used only when named (`--backend`);
+      `serves_fake_gpus` True for a backend that runs on the simulated GPUs
+                   of a fake inventory (`GPUSERVE_FAKE_GPUS`): with that
+                   variable set, only such a backend is chosen for a GPU plan.
     """
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 0
     uses_gpus: ClassVar[bool] = True
     auto_select: ClassVar[bool] = True
+    serves_fake_gpus: ClassVar[bool] = False
 
     @classmethod
     def viable(cls) -> Viability:

@@ -15,9 +15,9 @@ from typing import ClassVar
 import attrs
 
 from gpuserve.backend import Backend
-from gpuserve.devices import Device, discover
+from gpuserve.devices import FAKE_GPUS_ENV, Device, discover, warn_once
 from gpuserve.devices.driver import cuda_initialized_here
-from gpuserve.errors import DeclarationError
+from gpuserve.errors import BackendError, DeclarationError, PlanError
 from gpuserve.executors import Executor, Placement, ProcessExecutor, ThreadExecutor
 from gpuserve.executors.kind import ExecutorKind, Target, load_kind
 from gpuserve.planner import Plan, plan
@@ -58,6 +58,7 @@ class LocalKind(ExecutorKind):
     def plan(self) -> list[str]:
         target = self.target
         the_plan = local_plan(target.spec, target.settings, target.backend, target.environ)
+        refuse_fake_gpus(target.backend, the_plan, target.environ)
         if the_plan.fallback_reason:
             log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
         declared = self.isolation or target.settings.isolation or target.spec.isolation
@@ -124,18 +125,20 @@ def service_ref_of(spec: ServiceSpec) -> str:
     return f"{spec.cls.__module__}:{spec.cls.__qualname__}"
 
 
-def choose_backend(spec: ServiceSpec, settings: Settings) -> tuple[BackendEntry, Backend]:
-    entry = default_registry().choose(settings.backend, spec.backend)
+def choose_backend(spec: ServiceSpec, settings: Settings, environ: Mapping[str, str]) -> tuple[BackendEntry, Backend]:
+    entry = default_registry().choose(settings.backend, spec.backend, fake_gpus=bool(environ.get(FAKE_GPUS_ENV)))
     assert entry.cls is not None
     return entry, entry.cls()
 
 
 def local_plan(spec: ServiceSpec, settings: Settings, backend: Backend, environ: Mapping[str, str]) -> Plan:
     """The plan on this machine's devices (the inventory under `environ`)."""
+    inventory = discover(environ)
+    warn_once(inventory)
     return plan(
         spec.resources,
         settings.workers or spec.workers,
-        discover(environ),
+        inventory,
         require_gpu=settings.require_gpu,
         cpu_devices=settings.cpu_devices,
         gpu_capable=backend.uses_gpus,
@@ -147,7 +150,7 @@ def plan_service(
     spec: ServiceSpec, settings: Settings, environ: Mapping[str, str]
 ) -> tuple[BackendEntry, Backend, Plan]:
     """The backend `serve` would use and the plan it would follow on this machine (`gpuserve plan` shows it)."""
-    entry, backend = choose_backend(spec, settings)
+    entry, backend = choose_backend(spec, settings, environ)
     return entry, backend, local_plan(spec, settings, backend, environ)
 
 
@@ -165,7 +168,7 @@ def kind_of(spec: ServiceSpec, settings: Settings) -> type[ExecutorKind]:
 
 def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, str]) -> Deployment:
     """Choose the backend and the executor kind, and plan the replicas (the kind may narrow `environ`)."""
-    entry, backend = choose_backend(spec, settings)
+    entry, backend = choose_backend(spec, settings, environ)
     base_env = dict(environ)
     kind = kind_of(spec, settings)(Target(spec, service_ref_of(spec), backend, settings, environ))
     lines = kind.plan()
@@ -176,6 +179,17 @@ def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, 
     return Deployment(spec, settings, backend, kind, base_env)
 
 
+def refuse_fake_gpus(backend: Backend, the_plan: Plan, environ: Mapping[str, str]) -> None:
+    """A framework's backend on simulated GPUs would fail in the framework: say so, with the way out."""
+    fake = environ.get(FAKE_GPUS_ENV)
+    if fake and the_plan.gpu_union() and not backend.serves_fake_gpus:
+        raise BackendError(
+            f"the plan puts workers on the simulated GPUs of {FAKE_GPUS_ENV}={fake}, which backend "
+            f"{backend.name!r} cannot run on: serve with --backend fake-gpu, or unset {FAKE_GPUS_ENV} "
+            "to serve on this machine's own devices"
+        )
+
+
 def shares_a_gpu(the_plan: Plan) -> bool:
     """Whether fractional workers share a GPU (their memory caps need separate processes)."""
     hosts = [w.devices[0].uuid for w in the_plan.workers if w.memory_fraction is not None]
@@ -183,13 +197,19 @@ def shares_a_gpu(the_plan: Plan) -> bool:
 
 
 def choose_isolation(declared: Isolation | None, the_plan: Plan) -> Isolation:
-    """The declared isolation, else threads, unless fractional workers share a GPU.
+    """The declared isolation, else threads, unless fractional workers share a GPU or MIG forbids.
 
     Frameworks cap GPU memory per process: two thread replicas at 0.5 would
-    share one process cap, so by default such workers run as processes.
+    share one process cap, so by default such workers run as processes. One
+    process enumerates one MIG device and nothing beside it, so threads, which
+    all live in the server process, cannot hold a MIG device and another.
     """
+    mig = the_plan.one_process_problem()
+    if mig is not None and declared is Isolation.THREAD:
+        raise PlanError(f"isolation='thread' puts every worker in the server process, but {mig}; "
+                        "use isolation='process' (each worker then sees its own devices), or leave it unset")
     if declared is None:
-        return Isolation.PROCESS if shares_a_gpu(the_plan) else Isolation.THREAD
+        return Isolation.PROCESS if shares_a_gpu(the_plan) or mig is not None else Isolation.THREAD
     if declared is Isolation.THREAD and shares_a_gpu(the_plan):
         log.warning("isolation='thread' with fractional workers sharing a GPU: frameworks cap memory per "
                     "process, so these replicas share one cap (the sum of their shares); use "

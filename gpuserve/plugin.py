@@ -15,8 +15,9 @@ What is here:
 - **Devices**: `Device` (one GPU, MIG instance or virtual CPU device, as a
   frozen fact), `discover(env)` and its `Inventory`, `FAKE_GPUS_ENV` (the
   fake inventory's variable), UUID spelling (`format_uuid`, `uuid_key`,
-  `same_device`), and the CUDA driver without any framework
-  (`cuda_driver_problem`, `cuda_device_uuid`).
+  `same_device`), the CUDA driver without any framework
+  (`cuda_driver_problem`, `cuda_device_uuid`), and the NVIDIA driver's and
+  its CUDA's versions (`nvidia_driver_versions`).
 - **Inside a replica**: `context()` and `ReplicaContext`.
 - **Writing an executor kind** (`gpuserve.executors` entry points, chosen
   with `--executors NAME`): `ExecutorKind` and the `Target` it is given (the
@@ -44,6 +45,7 @@ from gpuserve.context import ReplicaContext, context
 from gpuserve.cpu_backend import CpuBackend
 from gpuserve.devices import FAKE_GPUS_ENV, Device, Inventory, discover
 from gpuserve.devices import libcuda as _libcuda
+from gpuserve.devices.nvml import driver_versions as nvidia_driver_versions
 from gpuserve.devices.uuids import format_uuid, same_device, uuid_key
 from gpuserve.errors import BackendError, CapabilityError, GpuserveError, PlanError
 from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement
@@ -112,6 +114,7 @@ __all__ = [
     "import_service",
     "installed_backend",
     "installed_backends",
+    "nvidia_driver_versions",
     "same_device",
     "uuid_key",
     "valid_gpu_types",

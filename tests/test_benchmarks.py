@@ -31,6 +31,8 @@ ENVIRONMENT_KEYS = {"machine", "cpu", "gpus", "gpu_source", "no_gpu_reason", "cu
                     "event_loop", "loadgen", "packages", "git"}
 SERVE_KEYS = {"workload", "path", "concurrency", "tool", "rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "requests",
               "errors", "cpu_us_per_request", "loop_cpu_us_per_request", "mean_batch", "rounds"}
+RESNET_KEYS = {"model", "dtype", "device", "image_size", "batch_size", "clients", "offline_items_per_s",
+               "served_items_per_s", "ratio", "mean_batch", "p50_ms", "p99_ms", "errors", "rounds"}
 DEVICE_KEYS = {"backend", "version", "device", "device_name", "model", "batch_size", "iterations", "batch_ms",
                "items_per_s", "memory_bytes", "memory_kind", "timing"}
 
@@ -59,7 +61,7 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert document["cpu_only"] == (not document["environment"]["gpus"])
 
     results = document["results"]
-    assert {"device", "serve", "baseline", "v2", "scaling", "hotpath"} <= results.keys()
+    assert {"device", "serve", "baseline", "v2", "scaling", "hotpath", "resnet"} <= results.keys()
     assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
     assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
     for side, workloads in (("serve", {"echo", "echo_batched", "echo_access_log", "mlp", "mlp_batched",
@@ -71,10 +73,14 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
         assert all(SERVE_KEYS <= r.keys() and r["rps"] > 0 and r["errors"] == 0 for r in rows)
     assert [r["executors"] for r in results["scaling"]] == [1, 2]
     assert any(r["step"].startswith("Batcher") for r in results["hotpath"])
+    net = results["resnet"]
+    assert RESNET_KEYS <= net.keys() and net["batch_size"] == 32 and net["errors"] == 0
+    assert net["offline_items_per_s"] > 0 and net["served_items_per_s"] > 0 and net["ratio"] > 0
+    assert net["dtype"] == ("float16" if document["environment"]["gpus"] else "float32")
 
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 7
+    assert len(document["targets"]) == 8
     v2 = results["v2"]  # the v2 protocol beside raw aiohttp and the hand-written batcher (Triton only when given)
     assert {(r["workload"], r["against"]) for r in v2["ratios"]} == {
         ("image_v2", "image"), ("mlp_native", "mlp_batched"), ("mlp_v2_json", "mlp_batched"),
@@ -119,9 +125,11 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
     expected = {"mlp_batched": 1.05, "mlp_batched_process": 0.99}
     assert all(r["rps_ratio"] == pytest.approx(expected.get(r["workload"], 0.95)) for r in compared)
 
+    results["resnet"] = {"ratio": 0.93}
     checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)}
     assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "v2>=": None,
-                      "Ray>=": True, "batcher<=": True}
+                      "Ray>=": True, "batcher<=": True, "ResNet-50>=": True}
+    del results["resnet"]
 
     plots = report.plots(tmp_path, results, compared)
     assert plots == ["serve_latency.png", "serve_throughput.png", "gpuserve_vs_baseline.png"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from gpuserve.devices import Inventory, discover
+from gpuserve.devices import MIG_GUIDE, Inventory, discover, warn_once
 from gpuserve.errors import GpuserveError
 
 _MIB = 2**20
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         while True:
             inventory = discover(os.environ)
+            warn_once(inventory)
             if not args.json:
                 sys.stdout.write("\033[H\033[2J")  # clear the screen, as `watch` does
                 print(f"every {args.watch:g}s, {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)\n")
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _show(inventory: Inventory, as_json: bool) -> None:
+    warn_once(inventory)
     if as_json:
         print(json.dumps([attrs.asdict(device) for device in inventory.devices]))
         if inventory.reason:
@@ -82,7 +84,7 @@ def _table(inventory: Inventory) -> str:
     header = ("CUDA", "NVML", "NAME", "UUID", "BUS ID", "MEMORY USED / TOTAL", "UTIL", "TEMP")
     rows = [
         (
-            str(d.index),
+            str(d.index) if d.enumerated else "-",
             "-" if d.nvml_index is None else str(d.nvml_index),
             d.name,
             d.uuid,
@@ -98,4 +100,12 @@ def _table(inventory: Inventory) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)
     ]
     lines.append(f"\nsource: {inventory.source}; CUDA = ordinal in this environment, NVML = NVML index")
+    hidden = len(inventory.devices) - len(inventory.enumerated)
+    if hidden:
+        lines.append(
+            f"CUDA '-': {hidden} device(s) this process does not enumerate beside cuda:0, because one CUDA "
+            f"process enumerates one MIG device and no other device beside it ({MIG_GUIDE}, 'CUDA Device "
+            "Enumeration'; drivers from R570 relax this). gpuserve plans them for worker processes that see "
+            "them, numbered from cuda:0"
+        )
     return "\n".join(lines)
