@@ -80,12 +80,14 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serve(ref: str, *args: str, cwd: Path | str = ".", env: Mapping[str, str] | None = None,
-          log_dir: Path, wait_ready: bool = True, timeout: float = 90) -> Iterator[Server]:
+          log_dir: Path, wait_ready: bool = True, timeout: float = 90,
+          python: str = sys.executable) -> Iterator[Server]:
+    """`python -m gpuserve serve REF` on a free port (`python`: another environment's interpreter)."""
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuserve", "serve", ref, "--port", str(port), *args],
+            [python, "-m", "gpuserve", "serve", ref, "--port", str(port), *args],
             cwd=cwd, env=server_env(env), stdout=log, stderr=subprocess.STDOUT, text=True,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
