@@ -39,7 +39,8 @@ DISTRIBUTIONS = {
     "plugins/gpuserve-numpy": "gpuserve-numpy",
 }
 # Files the core reads at run time besides its modules.
-PACKAGE_DATA = ("gpuserve/testing/FAKE_GPUS.md",)
+PACKAGE_DATA = ("gpuserve/testing/FAKE_GPUS.md", "gpuserve/cli/templates/Dockerfile",
+                "gpuserve/cli/templates/base-cuda.dockerfile")
 USER_PROJECT = textwrap.dedent('''
     [build-system]
     requires = ["setuptools>=77"]
@@ -69,10 +70,18 @@ PLUGIN_TROUBLE = ("failed to load", "plugin", "ModuleNotFoundError", "Traceback"
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory) -> Path:
-    """The sdists and wheels of every distribution, built side by side into one folder."""
+    """The sdists and wheels of every distribution, built side by side into one folder.
+
+    Built from a copy of the checkout: setuptools leaves *.egg-info beside the
+    sources, and one in the repository's root would shadow the installed
+    gpuserve's metadata for any process started there.
+    """
+    source = tmp_path_factory.mktemp("checkout") / "gpuserve"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", ".tox", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
     out = tmp_path_factory.mktemp("dist")
     builds = {
-        folder: subprocess.Popen([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT / folder)],
+        folder: subprocess.Popen([sys.executable, "-m", "build", "--outdir", str(out), str(source / folder)],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for folder in DISTRIBUTIONS
     }
