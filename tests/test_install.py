@@ -40,7 +40,8 @@ DISTRIBUTIONS = {
 }
 # Files the core reads at run time besides its modules.
 PACKAGE_DATA = ("gpuserve/testing/FAKE_GPUS.md", "gpuserve/cli/templates/Dockerfile",
-                "gpuserve/cli/templates/base-cuda.dockerfile")
+                "gpuserve/cli/templates/base-cuda.dockerfile", "gpuserve/cli/templates/k8s-deployment.yaml",
+                "gpuserve/cli/templates/prometheus-adapter-rule.yaml")
 USER_PROJECT = textwrap.dedent('''
     [build-system]
     requires = ["setuptools>=77"]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from gpuserve import __version__
 
-SUBCOMMANDS = ("serve", "devices", "backends", "plan", "selfcheck", "build")
+SUBCOMMANDS = ("serve", "devices", "backends", "plan", "selfcheck", "build", "k8s")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ import attrs
 
 from gpuserve.backend import ImageRequirements
 from gpuserve.cli.images import CUDA_RUNTIMES, BaseImage, cpu_base, cuda_base
+from gpuserve.cli.names import dns_label
 from gpuserve.cli.pins import Pins, gather_wheels, pin
 from gpuserve.cli.templates import render
 from gpuserve.distributions import python_version
@@ -104,7 +105,7 @@ def write_context(args: argparse.Namespace, spec: ServiceSpec, settings: Setting
     assert entry.cls is not None
     base, framework = _base_and_framework(args, spec, entry)
     pins = pin([("gpuserve", IMAGE_EXTRAS), (entry.distribution or "gpuserve", ())], framework.replaces)
-    image_name = re.sub(r"[^a-z0-9]+", "-", spec.name.lower()).strip("-") or "service"
+    image_name = dns_label(spec.name)
     out = (args.output or Path("build") / image_name).resolve()
     source = Path(".").resolve()
     if out == source or out in source.parents:

@@ -9,6 +9,6 @@ from importlib import resources
 from string import Template
 
 
-def render(name: str, **values: object) -> str:
-    text = resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+def render(template: str, /, **values: object) -> str:
+    text = resources.files(__name__).joinpath(template).read_text(encoding="utf-8")
     return Template(text).substitute({key: str(value) for key, value in values.items()})
