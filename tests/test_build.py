@@ -63,12 +63,20 @@ def project(tmp_path_factory) -> Path:
     return folder
 
 
+def checkout_entries() -> set[Path]:
+    """What is in the folders of this checkout's gpuserve and gpuserve-torch, ignored files included."""
+    return {*ROOT.iterdir(), *(ROOT / "backends" / "gpuserve-torch").iterdir()}
+
+
 @pytest.fixture(scope="module")
 def cpu_context(project: Path) -> Path:
     (project / "requirements.txt").write_text("# the service's own needs\nscipy>=1.10\n\nPillow==10.4.0\n")
+    before = checkout_entries()
     done = gpuserve("build", "cpu_app:CpuClassifier", "--requirements", "requirements.txt", cwd=project)
     assert done.returncode == 0, done.stderr
     assert "docker build -t cpuclassifier " in done.stdout
+    # The wheels of this checkout were built from copies: no build/ or *.egg-info left in it.
+    assert checkout_entries() - before == set()
     return project / "build" / "cpuclassifier"
 
 

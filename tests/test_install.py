@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from gpuserve.cli.sources import copy_sources
 from serving import ROOT, request, serve, server_env
 
 pytest.importorskip("build")
@@ -78,8 +79,7 @@ def wheels(tmp_path_factory) -> Path:
     gpuserve's metadata for any process started there.
     """
     source = tmp_path_factory.mktemp("checkout") / "gpuserve"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv*", ".tox", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    copy_sources(ROOT, source)
     out = tmp_path_factory.mktemp("dist")
     builds = {
         folder: subprocess.Popen([sys.executable, "-m", "build", "--outdir", str(out), str(source / folder)],

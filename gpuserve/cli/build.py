@@ -23,6 +23,7 @@ from gpuserve.backend import ImageRequirements
 from gpuserve.cli.images import CUDA_RUNTIMES, BaseImage, cpu_base, cuda_base
 from gpuserve.cli.names import dns_label
 from gpuserve.cli.pins import Pins, gather_wheels, pin
+from gpuserve.cli.sources import copy_sources
 from gpuserve.cli.templates import render
 from gpuserve.distributions import python_version
 from gpuserve.errors import DeclarationError, GpuserveError
@@ -31,9 +32,6 @@ from gpuserve.registry import BackendEntry, default_registry
 from gpuserve.service import ServiceSpec
 from gpuserve.settings import Settings
 
-# What never belongs in an image: version control, environments, caches.
-IGNORED = (".git", ".hg", ".svn", ".venv*", "venv", ".tox", ".nox", "__pycache__", "*.pyc", ".pytest_cache",
-           ".mypy_cache", ".ruff_cache", "*.egg-info", ".ipynb_checkpoints")
 # The extras of gpuserve every image gets: /metrics (the autoscaler's signal) and uvloop.
 IMAGE_EXTRAS = ("fast", "metrics")
 _CUDA = re.compile(r"^\d+(\.\d+)?$")
@@ -115,7 +113,7 @@ def write_context(args: argparse.Namespace, spec: ServiceSpec, settings: Setting
         shutil.rmtree(out)
     out.mkdir(parents=True)
     wheels = gather_wheels(pins.local, out / "wheels")
-    files = _copy_code(source, out / "app", exclude=(*IGNORED, *args.exclude), skip=out)
+    files = copy_sources(source, out / "app", exclude=args.exclude, skip=out)
     (out / "requirements.txt").write_text(_requirements(spec, pins, framework.requirements, framework.index_urls,
                                                        own))
     (out / "Dockerfile").write_text(render(
@@ -143,18 +141,6 @@ def _base_and_framework(
         )
     framework = entry.cls.image_requirements(cuda)
     return cuda_base(cuda, python, args.base_image), framework
-
-
-def _copy_code(source: Path, into: Path, exclude: tuple[str, ...], skip: Path) -> int:
-    ignore = shutil.ignore_patterns(*exclude)
-
-    def ignored(folder: str, names: list[str]) -> set[str]:
-        # Build outputs at the top (this context's default home among them), and the context itself.
-        outputs = {"build", "dist"} & set(names) if Path(folder) == source else set()
-        return set(ignore(folder, names)) | outputs | {n for n in names if (Path(folder) / n).resolve() == skip}
-
-    shutil.copytree(source, into, ignore=ignored, symlinks=False)
-    return sum(1 for path in into.rglob("*") if path.is_file())
 
 
 def _own_requirements(path: Path | None) -> list[str]:

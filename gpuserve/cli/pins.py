@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from gpuserve.cli.sources import copy_sources
 from gpuserve.distributions import LocalSource, installed_version, local_source, requirements_of
 from gpuserve.errors import GpuserveError
 
@@ -93,14 +95,9 @@ def gather_wheels(local: Sequence[tuple[str, str, LocalSource]], into: Path) -> 
                 raise PinError(f"{name} {version} was installed from {source.path}, which is gone; reinstall it")
             shutil.copy2(source.path, into / source.path.name)
         else:
-            sources.append(str(source.path))
+            sources.append(source.path)
     if sources:
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(into), *sources],
-            capture_output=True, text=True, check=False,
-        )
-        if done.returncode != 0:
-            raise PinError(f"cannot build wheels of {', '.join(sources)} (pip wheel):\n{done.stderr.strip()}")
+        _build_wheels(sources, into)
     built: dict[str, tuple[Version, str]] = {}
     for wheel in into.glob("*.whl"):
         name, version, _, _ = parse_wheel_filename(wheel.name)
@@ -113,3 +110,26 @@ def gather_wheels(local: Sequence[tuple[str, str, LocalSource]], into: Path) -> 
                 f"{'no wheel' if found is None else f'version {found[0]}'}; reinstall it (pip install {source.path})"
             )
     return sorted(name for _, name in built.values())
+
+
+
+def _build_wheels(sources: Sequence[Path], into: Path) -> None:
+    """Wheels of source folders, built from copies.
+
+    pip builds in the folder it is given: setuptools would leave build/ and
+    *.egg-info in the user's checkout (an egg-info there shadows the installed
+    metadata for any process started in it), and reuse a stale build/lib.
+    """
+    with tempfile.TemporaryDirectory(prefix="gpuserve-build-") as scratch:
+        copies = []
+        for position, source in enumerate(sources):
+            copy = Path(scratch) / f"{position}-{source.name}"
+            copy_sources(source, copy)
+            copies.append(str(copy))
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(into), *copies],
+            capture_output=True, text=True, check=False,
+        )
+    if done.returncode != 0:
+        listed = ", ".join(str(source) for source in sources)
+        raise PinError(f"cannot build wheels of {listed} (pip wheel):\n{done.stderr.strip()}")
