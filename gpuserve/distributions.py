@@ -80,9 +80,14 @@ class LocalSource:
 
 
 def local_source(name: str) -> LocalSource | None:
-    """The local directory or wheel file `name` was installed from; None for an index or a remote URL."""
-    raw = metadata.distribution(name).read_text("direct_url.json")
-    if not raw:
+    """The local directory or wheel file `name` was installed from; None for an index or a remote URL.
+
+    Only an installer writes `direct_url.json`; a `*.egg-info` that a build left
+    in the current folder (which is on `sys.path` first) has none, and is skipped.
+    """
+    raw = next((text for dist in metadata.distributions(name=name) if (text := dist.read_text("direct_url.json"))),
+               None)
+    if raw is None:
         return None
     try:
         direct = json.loads(raw)

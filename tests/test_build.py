@@ -171,6 +171,15 @@ def test_a_gpu_service_with_a_cpu_build_here_asks_which_cuda(project: Path):
     assert not (project.parent / "unused").exists()
 
 
+def test_a_folder_that_is_not_a_context_is_never_overwritten(project: Path, tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("mine")
+    done = gpuserve("build", "cpu_app:CpuClassifier", "-o", str(tmp_path), cwd=project)
+    assert done.returncode == 2 and "exists and is not a build context gpuserve wrote" in done.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    cuda = gpuserve("build", "cpu_app:CpuClassifier", "--cuda", "12.8", "-o", str(tmp_path / "x"), cwd=project)
+    assert cuda.returncode == 2 and "CpuClassifier runs on the CPU" in cuda.stderr
+
+
 def test_the_services_own_requirements_are_installed_too(cpu_context: Path, project: Path):
     assert requirements(cpu_context)[-2:] == ["scipy>=1.10", "Pillow==10.4.0"]
     (project / "nested.txt").write_text("-r other.txt\n")

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from gpuserve.distributions import cuda_runtime_pinned_by, local_source, requirements_of
+from installed import install_metadata, site  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def install_metadata(site: Path, name: str, requires: list[str], direct_url: dict | None = None) -> None:
-    """A distribution's metadata on disk, as an installer leaves it (no code needed to read it)."""
-    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
-    info.mkdir()
-    lines = "\n".join(f"Requires-Dist: {line}" for line in requires)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{lines}\n")
-    if direct_url is not None:
-        (info / "direct_url.json").write_text(json.dumps(direct_url))
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
 
 
 def test_requirements_hold_for_a_linux_image_and_the_extras_asked(site: Path):
@@ -62,6 +46,9 @@ def test_where_a_distribution_was_installed_from(site: Path):
     source = local_source("from-a-wheel")
     assert source is not None and source.path == wheel and source.is_wheel
     assert local_source("from-an-index") is None and local_source("from-a-url") is None
-    # This checkout, installed for development (pip install -e .).
+    # This checkout, installed for development (pip install -e .), even with a build's leftover
+    # metadata (no direct_url.json) found first on sys.path.
+    (site / "gpuserve.egg-info").mkdir()
+    (site / "gpuserve.egg-info" / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: gpuserve\nVersion: 0.1.0\n")
     checkout = local_source("gpuserve")
     assert checkout is not None and checkout.path == ROOT and not checkout.is_wheel

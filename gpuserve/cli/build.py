@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     kind = f"CUDA {context.base.cuda}" if context.base.cuda else "CPU"
     print(f"wrote the build context of {spec.name} to {context.path}: {kind} image from {context.base.image}, "
           f"Python {context.base.python}, {len(context.pins.lines)} pinned requirements, "
-          f"{len(context.wheels)} wheel(s) built here, {context.files} file(s) of the service")
+          f"{len(context.wheels)} wheel(s) of what was installed from this disk, {context.files} file(s) of the "
+          f"service")
     for line in context.pins.unpinned:
         print(f"  not installed here, resolved when the image is built: {line}")
     gpus = "--gpus all " if context.base.cuda else ""
@@ -109,9 +110,7 @@ def write_context(args: argparse.Namespace, spec: ServiceSpec, settings: Setting
     if out == source or out in source.parents:
         raise DeclarationError(f"--output {out} would hold the service's own folder {source}; pick another")
     own = _own_requirements(args.requirements)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    _clear(out)
     wheels = gather_wheels(pins.local, out / "wheels")
     files = copy_sources(source, out / "app", exclude=args.exclude, skip=out)
     (out / "requirements.txt").write_text(_requirements(spec, pins, framework.requirements, framework.index_urls,
@@ -123,6 +122,17 @@ def write_context(args: argparse.Namespace, spec: ServiceSpec, settings: Setting
     return Context(out, image_name, base, pins, tuple(wheels), files)
 
 
+def _clear(out: Path) -> None:
+    """An empty `out`: a context written earlier is replaced, anything else is left alone."""
+    dockerfile = out / "Dockerfile"
+    if out.exists() and any(out.iterdir()):
+        if not (dockerfile.is_file() and "written by `gpuserve build`" in dockerfile.read_text()):
+            raise DeclarationError(f"--output {out} exists and is not a build context gpuserve wrote; "
+                                   f"remove it or pick another folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _base_and_framework(
     args: argparse.Namespace, spec: ServiceSpec, entry: BackendEntry
 ) -> tuple[BaseImage, ImageRequirements]:
@@ -130,6 +140,9 @@ def _base_and_framework(
     assert entry.cls is not None
     python = python_version()
     if not (spec.resources.gpu > 0 and entry.cls.uses_gpus):
+        if args.cuda:
+            raise DeclarationError(f"--cuda {args.cuda}: {spec.name} runs on the CPU (it asks for no GPU, or backend "
+                                   f"{entry.name!r} uses none), so its image has no CUDA; drop --cuda")
         return cpu_base(python, args.base_image), entry.cls.image_requirements(None)
     cuda = args.cuda or entry.cls.cuda_build()
     if cuda is None:

@@ -31,7 +31,9 @@ from gpuserve.service import ServiceSpec
 from gpuserve.settings import Settings
 
 PRE_STOP_S = 5  # long enough for the endpoints to drop the pod before it stops accepting
+GRACE_MARGIN_S = 10  # past the drain: the last replies written, the process gone
 PROBE_PERIOD_S = 5
+# Room for any share: what is planned on the node is how many GPUs, not their memory.
 _NODE_GPU_MEMORY = 80 * 2**30
 
 
@@ -72,9 +74,8 @@ def _positive(text: str) -> float:
 
 @attrs.frozen
 class Manifests:
-    yaml: str
-    gpus: int  # whole GPUs per pod
-    notes: tuple[str, ...]
+    yaml: str  # the objects, as one YAML stream
+    notes: tuple[str, ...]  # for the user, beside the YAML
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,7 +134,7 @@ def write(args: argparse.Namespace, spec: ServiceSpec, settings: Settings) -> Ma
     values = dict(service=spec.name, service_ref=args.service, name=name, port=settings.port)
     documents = [
         render("k8s-deployment.yaml", **values, image=json.dumps(args.image), replicas=args.min_replicas,
-               grace=PRE_STOP_S + drain + 10, drain=drain, pre_stop=PRE_STOP_S,
+               grace=PRE_STOP_S + drain + GRACE_MARGIN_S, drain=drain, pre_stop=PRE_STOP_S,
                startup=math.ceil(args.startup_timeout),
                startup_failures=math.ceil(args.startup_timeout / PROBE_PERIOD_S),
                env="".join(f"            - name: {key}\n              value: {json.dumps(str(value))}\n"
@@ -144,7 +145,7 @@ def write(args: argparse.Namespace, spec: ServiceSpec, settings: Settings) -> Ma
         render("k8s-hpa.yaml", **values, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                target=f"{target:g}", adapter_rule=_commented(render("prometheus-adapter-rule.yaml"))),
     ]
-    return Manifests("---\n".join(documents), gpus, notes)
+    return Manifests("---\n".join(documents), notes)
 
 
 def _resources(gpus: int, notes: tuple[str, ...]) -> str:

@@ -40,14 +40,16 @@ class Pins:
 def pin(roots: Sequence[tuple[str, Collection[str]]], replaced: Collection[str] = ()) -> Pins:
     """`roots` (distribution, extras) and all they require, pinned as installed.
 
-    A `replaced` distribution's own requirements are pinned; it is not (the
-    caller installs another build of it).
+    A `replaced` distribution installed here has its own requirements pinned,
+    whether the roots require it or not (a backend may leave its framework to
+    an extra); it is not pinned itself: the caller installs another build of it.
     """
     skip = {canonicalize_name(name) for name in replaced}
     extras_of: dict[str, set[str]] = {}
     names: dict[str, str] = {}
     unpinned: dict[str, str] = {}
     todo = [(name, set(extras)) for name, extras in roots]
+    todo += [(name, set()) for name in replaced if installed_version(name) is not None]
     while todo:
         name, extras = todo.pop()
         key = canonicalize_name(name)
