@@ -22,6 +22,7 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serving import ROOT, free_port, request, serve
@@ -33,8 +34,13 @@ sys.path.insert(0, str(EXAMPLE))
 from model import build_model, predict  # noqa: E402
 CPU_APP = textwrap.dedent('''
     """The example's model, served without asking for a GPU."""
+    from typing import Annotated
+
+    import numpy as np
+    from numpy.typing import NDArray
+
     import gpuserve
-    from model import build_model, predict
+    from model import FEATURES, build_model, predict
 
     @gpuserve.service
     class CpuClassifier:
@@ -43,10 +49,15 @@ CPU_APP = textwrap.dedent('''
             self.model = build_model().to(self.device)
 
         @gpuserve.api(batchable=True)
-        def predict(self, x: list[list[float]]) -> list[dict]:
+        def predict(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[dict]:
             return predict(self.model, x, self.device)
 ''')
 ROW = [0.5, -1.2, 3.3, 0.0, 2.1, -0.7, 1.5, 0.9]
+
+
+def expected(row: list[float]) -> list[dict]:
+    """What the example's model answers for one request of one row, computed in this process."""
+    return predict(build_model(), np.array([row], dtype=np.float32), torch.device("cpu"))
 needs_a_cpu_build = pytest.mark.skipif(torch.version.cuda is not None, reason="needs a CPU build of torch")
 
 
@@ -203,9 +214,8 @@ def test_the_context_serves_as_the_image_would_run_it(cpu_context: Path, tmp_pat
     # As `docker run -e GPUSERVE_PORT=... -e GPUSERVE_HOST=127.0.0.1` would: a free port, loopback only.
     env["GPUSERVE_HOST"] = "127.0.0.1"
     with serve(entrypoint[4], cwd=cpu_context / "app", env=env, log_dir=tmp_path, port_from_env=True) as server:
-        reply = server.post("predict", {"x": ROW})
-        assert reply.status == 200
-        assert reply.body == predict(build_model(), [ROW], torch.device("cpu"))[0]
+        reply = server.post("predict", {"x": [ROW]})
+        assert reply.status == 200 and reply.body == expected(ROW)
         env["GPUSERVE_PORT"] = server.url.rsplit(":", 1)[1]
         healthy = subprocess.run([sys.executable, *health[1:]], env=env, capture_output=True, timeout=30)
         assert healthy.returncode == 0, healthy.stderr
@@ -243,9 +253,8 @@ def test_the_image_builds_and_serves(cpu_context: Path):
                 assert time.monotonic() < deadline, subprocess.run(["docker", "logs", container],
                                                                     capture_output=True, text=True).stdout
                 time.sleep(0.5)
-            reply = request(f"http://127.0.0.1:{port}/predict", {"x": ROW})
-            assert reply.status == 200
-            assert reply.body == predict(build_model(), [ROW], torch.device("cpu"))[0]
+            reply = request(f"http://127.0.0.1:{port}/predict", {"x": [ROW]})
+            assert reply.status == 200 and reply.body == expected(ROW)
             user = subprocess.run(["docker", "exec", container, "id", "-u"], capture_output=True, text=True,
                                   timeout=60)
             assert user.stdout.strip() == "10001"
