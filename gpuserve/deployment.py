@@ -16,6 +16,7 @@ import attrs
 
 from gpuserve.backend import Backend
 from gpuserve.devices import FAKE_GPUS_ENV, Device, discover, warn_once
+from gpuserve.devices.container import in_container
 from gpuserve.devices.driver import cuda_initialized_here
 from gpuserve.errors import BackendError, DeclarationError, PlanError
 from gpuserve.executors import Executor, Placement, ProcessExecutor, ThreadExecutor
@@ -133,12 +134,14 @@ def choose_backend(spec: ServiceSpec, settings: Settings, environ: Mapping[str, 
 
 def local_plan(spec: ServiceSpec, settings: Settings, backend: Backend, environ: Mapping[str, str]) -> Plan:
     """The plan on this machine's devices (the inventory under `environ`)."""
-    inventory = discover(environ)
-    warn_once(inventory)
+    seen = in_container(discover(environ), environ)  # in a container, an empty inventory says why
+    warn_once(seen.inventory)
+    if seen.note:
+        log.log(logging.WARNING if seen.ignored else logging.INFO, "%s", seen.note)
     return plan(
         spec.resources,
         settings.workers or spec.workers,
-        inventory,
+        seen.inventory,
         require_gpu=settings.require_gpu,
         cpu_devices=settings.cpu_devices,
         gpu_capable=backend.uses_gpus,

@@ -12,6 +12,10 @@ What is here:
 - **Writing a backend** (`gpuserve.backends` entry points): `Backend`, its
   answers `Viability` and `MemoryInfo`, `host_memory()`, and `CpuBackend` to
   build a CPU-only backend on.
+- **Container images** (`gpuserve build`): `ImageRequirements`, what
+  `Backend.image_requirements()` answers, and `cuda_runtime_pinned_by()`,
+  the CUDA version an installed distribution pins through NVIDIA's runtime
+  wheel.
 - **Devices**: `Device` (one GPU, MIG instance or virtual CPU device, as a
   frozen fact), `discover(env)` and its `Inventory`, `FAKE_GPUS_ENV` (the
   fake inventory's variable), UUID spelling (`format_uuid`, `uuid_key`,
@@ -40,13 +44,14 @@ What is here:
 
 from __future__ import annotations
 
-from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
+from gpuserve.backend import Backend, ImageRequirements, MemoryInfo, Viability, host_memory
 from gpuserve.context import ReplicaContext, context
 from gpuserve.cpu_backend import CpuBackend
 from gpuserve.devices import FAKE_GPUS_ENV, Device, Inventory, discover
 from gpuserve.devices import libcuda as _libcuda
 from gpuserve.devices.nvml import driver_versions as nvidia_driver_versions
 from gpuserve.devices.uuids import format_uuid, same_device, uuid_key
+from gpuserve.distributions import cuda_runtime_pinned_by
 from gpuserve.errors import BackendError, CapabilityError, GpuserveError, PlanError
 from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement
 from gpuserve.executors.hosting import build_replica, import_service
@@ -92,6 +97,7 @@ __all__ = [
     "ExecutorKind",
     "Failure",
     "GpuserveError",
+    "ImageRequirements",
     "Inventory",
     "MemoryInfo",
     "Placement",
@@ -107,6 +113,7 @@ __all__ = [
     "context",
     "cuda_device_uuid",
     "cuda_driver_problem",
+    "cuda_runtime_pinned_by",
     "discover",
     "format_bytes",
     "format_uuid",

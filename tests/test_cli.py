@@ -15,7 +15,7 @@ def test_version():
     assert out.returncode == 0 and out.stdout.strip() == f"gpuserve {gpuserve.__version__}"
 
 
-@pytest.mark.parametrize("command", ["serve", "devices", "backends", "plan"])
+@pytest.mark.parametrize("command", ["serve", "devices", "backends", "plan", "build", "k8s"])
 def test_every_subcommand_has_help(command):
     out = run(command, "--help")
     assert out.returncode == 0 and f"gpuserve {command}" in out.stdout

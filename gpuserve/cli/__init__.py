@@ -1,4 +1,4 @@
-"""`python -m gpuserve`: serve, devices, backends, plan, selfcheck.
+"""`python -m gpuserve`: serve, devices, backends, plan, selfcheck, build, k8s.
 
 Each subcommand lives in its own module with `register(subparsers)`, which
 adds its parser and sets `run=` to a function `(args) -> exit code`.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from gpuserve import __version__
 
-SUBCOMMANDS = ("serve", "devices", "backends", "plan", "selfcheck")
+SUBCOMMANDS = ("serve", "devices", "backends", "plan", "selfcheck", "build", "k8s")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from gpuserve.devices import MIG_GUIDE, Inventory, discover, warn_once
+from gpuserve.devices.container import InContainer, in_container
 from gpuserve.errors import GpuserveError
 
 _MIB = 2**20
@@ -23,7 +24,8 @@ def register(subparsers: Any) -> None:
         help="list the GPUs visible under the current environment",
         description=(
             "List the GPUs visible under the current CUDA_VISIBLE_DEVICES and "
-            "CUDA_DEVICE_ORDER, by CUDA ordinal (what cuda:N means in this environment)."
+            "CUDA_DEVICE_ORDER, by CUDA ordinal (what cuda:N means in this environment). "
+            "In a container, says what NVIDIA_VISIBLE_DEVICES exposed."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list of devices")
@@ -49,15 +51,15 @@ def _positive_seconds(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.watch is None:
-            _show(discover(os.environ), args.json)
+            _show(_look(), args.json)
             return 0
         while True:
-            inventory = discover(os.environ)
-            warn_once(inventory)
+            view = _look()
+            warn_once(view.inventory)
             if not args.json:
                 sys.stdout.write("\033[H\033[2J")  # clear the screen, as `watch` does
                 print(f"every {args.watch:g}s, {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)\n")
-            _show(inventory, args.json)
+            _show(view, args.json)
             sys.stdout.flush()
             time.sleep(args.watch)
     except KeyboardInterrupt:
@@ -67,17 +69,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _show(inventory: Inventory, as_json: bool) -> None:
+def _look() -> InContainer:
+    return in_container(discover(os.environ), os.environ)
+
+
+def _show(view: InContainer, as_json: bool) -> None:
+    inventory = view.inventory
     warn_once(inventory)
+    note = f"{'warning: ' if view.ignored else ''}{view.note}" if view.note else None
     if as_json:
         print(json.dumps([attrs.asdict(device) for device in inventory.devices]))
         if inventory.reason:
             print(f"no GPU visible: {inventory.reason}", file=sys.stderr)
+        if note:
+            print(note, file=sys.stderr)
         return
     if not inventory.devices:
         print(f"No GPU visible: {inventory.reason} (source: {inventory.source})")
-        return
-    print(_table(inventory))
+    else:
+        print(_table(inventory))
+    if note:
+        print(note)
 
 
 def _table(inventory: Inventory) -> str:

@@ -80,12 +80,21 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serve(ref: str, *args: str, cwd: Path | str = ".", env: Mapping[str, str] | None = None,
-          log_dir: Path, wait_ready: bool = True, timeout: float = 90) -> Iterator[Server]:
+          log_dir: Path, wait_ready: bool = True, timeout: float = 90,
+          python: str = sys.executable, port_from_env: bool = False) -> Iterator[Server]:
+    """`python -m gpuserve serve REF` on a free port.
+
+    `python`: another environment's interpreter; `port_from_env`: the port in
+    `GPUSERVE_PORT` rather than a flag, as a container image passes it.
+    """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
+    flags = ["--port", str(port)]
+    if port_from_env:
+        env, flags = {**(env or {}), "GPUSERVE_PORT": str(port)}, []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuserve", "serve", ref, "--port", str(port), *args],
+            [python, "-m", "gpuserve", "serve", ref, *flags, *args],
             cwd=cwd, env=server_env(env), stdout=log, stderr=subprocess.STDOUT, text=True,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
