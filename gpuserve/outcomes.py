@@ -3,7 +3,9 @@
 Executors produce these, the pool hands them up, the batcher settles each
 request from them. An `Encoder` is chosen by the protocol that received the
 request and applied beside the model (see `executors/replica.py`): a result
-never crosses to the event loop, or out of a worker process, unencoded.
+never crosses to the event loop, or out of a worker process, unencoded. A
+streaming API's values are encoded the same way, one by one, as they are
+yielded; `END` is what its method yields for a request whose stream is over.
 """
 
 from __future__ import annotations
@@ -14,9 +16,23 @@ from typing import Any
 
 import attrs
 
+STREAM_WINDOW = 16  # steps a stream's producer may run ahead of its slowest reader: its buffer, in values
+
 # Turns one item's result into what its protocol sends. Must be picklable by
 # reference (a module-level function or a partial of one) to reach a worker process.
 Encoder = Callable[[Any], Any]
+
+
+class _End:
+    """`gpuserve.END`: yielded by a batchable streaming API in place of a request's value: its stream is over."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "gpuserve.END"
+
+
+END = _End()
 
 
 @attrs.frozen
