@@ -4,13 +4,16 @@ end a stream with an error event, and a batchable generator serves a batch of re
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import re
 
 import pytest
+from openapi_spec_validator import validate
 
 from apps.batching_client import wait_until
+from gpuserve.client import AsyncClient, BadRequestError, Client, StreamError
 from gpuserve.outcomes import STREAM_WINDOW
 from serving import serve
 from stream_client import DONE, Event, Stream
@@ -91,6 +94,16 @@ def test_ndjson_when_accept_asks_for_it_and_406_for_what_a_stream_cannot_be(serv
         assert refused.json()["allowed"] == ["text/event-stream", "application/x-ndjson"]
     with Stream(server, "nothing", {}) as empty:
         assert empty.status == 200 and list(empty.events()) == [Event(DONE)]
+
+
+def test_the_openapi_document_describes_streams(served):
+    server, _ = served
+    document = server.get("openapi.json").body
+    validate(document)
+    answers = document["paths"]["/spell"]["post"]["responses"]
+    assert set(answers["200"]["content"]) == {"text/event-stream", "application/x-ndjson"}
+    assert answers["200"]["content"]["text/event-stream"]["x-itemSchema"] == {"type": "string"}
+    assert "406" in answers and "406" not in document["paths"]["/ping"]["post"]["responses"]
 
 
 @pytest.mark.parametrize("api", ["ticks", "aticks"])
@@ -245,3 +258,27 @@ def test_streams_beyond_the_cap_get_a_503_with_retry_after(limited):
     wait_until(lambda: stats(server, "ticks")["streams"]["open"] == 0, "both places are free again")
     assert stats(server, "ticks")["refusals"] == {"streams_full": 1}
     assert re.search(r'"POST /ticks HTTP/1.1" 503 ', server.log())
+
+
+def test_the_clients_read_a_stream_value_by_value(served):
+    server, _ = served
+    client = Client(server.url)
+    assert list(client.stream("numbers", {"n": 3})) == [0, 1, 2]
+    values = client.stream("numbers", {"n": 2, "fail": True}, request_id="client-fails")
+    assert [next(values), next(values)] == [0, 1]
+    with pytest.raises(StreamError) as failed:
+        next(values)
+    assert failed.value.body["type"] == "ValueError" and failed.value.request_id == "client-fails"
+    with pytest.raises(BadRequestError):
+        list(client.stream("numbers", {"n": "three"}))
+
+    async def read():
+        async with AsyncClient(server.url) as client:
+            found = [value async for value in client.stream("spell", {"word": ["hey"], "tag": ["async-client"]})]
+            with pytest.raises(StreamError):
+                async for _ in client.stream("numbers", {"n": 1, "fail": True}):
+                    pass
+            return found
+
+    open_gate(served[1], "async-client")
+    assert asyncio.run(read()) == ["h", "e", "y"]
