@@ -138,6 +138,8 @@ def _expected_and_got(api: ApiSpec, error: dict[str, Any]) -> tuple[str, str | N
     if kind == "too_short":
         return f"at least {ctx['min_length']} item(s)", f"{ctx['actual_length']}"
     if kind == "too_long":
+        if api.streams and len(error["loc"]) == 1:  # a parameter's rows
+            return "one row (each request of a streaming API is one stream)", f"{ctx['actual_length']} rows"
         return f"at most {ctx['max_length']} item(s)", f"{ctx['actual_length']}"
     if kind in _BOUNDS:
         sign, key = _BOUNDS[kind]

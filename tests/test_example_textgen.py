@@ -1,0 +1,82 @@
+"""The streaming example, served for real, streams exactly what its model makes in-process, batched or not."""
+
+import concurrent.futures
+import json
+import re
+import sys
+
+import pytest
+
+from apps.batching_client import wait_until
+from serving import ROOT, serve
+from stream_client import DONE, Stream
+
+torch = pytest.importorskip("torch")
+EXAMPLE = ROOT / "examples" / "textgen"
+sys.path.insert(0, str(EXAMPLE))
+from model import build_model, complete  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def textgen(tmp_path_factory):
+    with serve("app:TextGenerator", cwd=EXAMPLE, log_dir=tmp_path_factory.mktemp("textgen")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model()
+
+
+def streamed(server, body, **kw):
+    with Stream(server, "generate", body, **kw) as stream:
+        assert stream.status == 200
+        events = [event.data for event in stream.events()]
+    assert events[-1] == DONE
+    return "".join(events[:-1])
+
+
+def test_the_model_is_made_here_and_is_the_same_every_time(model):
+    again = build_model()
+    assert torch.equal(model.table.weight, again.table.weight)
+    assert complete(model, "The keeper", 60, seed=3) == complete(again, "The keeper", 60, seed=3)
+    assert complete(model, "The keeper", 60, seed=3) != complete(model, "The keeper", 60, seed=4)
+
+
+def test_a_stream_is_the_text_the_model_makes(textgen, model):
+    body = {"prompt": ["The keeper"], "length": [120], "seed": [7], "temperature": [0.5]}
+    assert streamed(textgen, body) == complete(model, "The keeper", 120, seed=7, temperature=0.5)
+    with Stream(textgen, "generate", {"prompt": ["a"], "length": [5]}, accept="application/x-ndjson") as stream:
+        assert "".join(stream.lines()) == complete(model, "a", 5)
+
+
+def test_requests_that_wait_together_stream_as_one_batch_each_its_own_text(textgen, model):
+    # A long stream whose reader pauses holds the executor while the others queue behind it
+    # (once what the sockets and the server's buffers hold is full).
+    long_one = Stream(textgen, "generate", {"prompt": ["hold"], "length": [100_000]}, receive_buffer=4096)
+    assert long_one.values(1)
+    wait_until(lambda: textgen.get("stats").body["generate"]["streams"]["waiting_on_readers"] == 1,
+               "the long stream waits on its reader")
+    prompts = [f"the {word}" for word in ("sea", "boat", "storm", "light", "town", "pier", "gull")]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        texts = [pool.submit(streamed, textgen, {"prompt": [p], "length": [40 + 10 * i], "seed": [i]}, timeout=60)
+                 for i, p in enumerate(prompts)]
+        wait_until(lambda: textgen.get("stats").body["generate"]["queue_depth"] == len(prompts), "all are queued")
+        assert len("".join(e.data for e in long_one.events() if e.data != DONE)) == 100_000 - 1
+        long_one.close()
+        assert [t.result(timeout=60) for t in texts] == [complete(model, p, 40 + 10 * i, seed=i)
+                                                         for i, p in enumerate(prompts)]
+    assert textgen.get("stats").body["generate"]["batch_requests"].get(str(len(prompts))) == 1
+
+
+def test_a_request_is_one_stream(textgen):
+    reply = textgen.post("generate", {"prompt": ["a", "b"]})
+    assert reply.status == 400 and "each request of a streaming API is one stream" in reply.body["error"]
+
+
+def test_the_readme_shows_what_the_server_streams(textgen):
+    readme = (EXAMPLE / "README.md").read_text()
+    body, shown = re.search(r"\$ (curl -N localhost:3000/generate -d '(.*?)')\n(.*?)\n```", readme, re.S).group(2, 3)
+    with Stream(textgen, "generate", json.loads(body)) as stream:
+        sent = stream.response.read().decode()
+    assert sent.strip() == shown.strip()
