@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, scaling, serve, servers
+from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, scaling, serve, servers, streaming
 from benchmarks.config import SCENARIOS, RunConfig
 
 SCHEMA = 1
@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("scaling", scaling.steps(config), lambda tick: scaling.run(config, logs, tick)))
     if "hotpath" in config.scenarios:
         jobs.append(("hotpath", hotpath.steps(config), lambda tick: hotpath.run(config, tick)))
+    if "streaming" in config.scenarios:
+        jobs.append(("streaming", streaming.steps(config), lambda tick: streaming.run(config, logs, tick)))
 
     results: dict[str, Any] = {}
     failed = False

@@ -1,6 +1,6 @@
-"""The services gpuserve serves in the benchmarks: an echo and the example MLP.
+"""The services gpuserve serves in the benchmarks: an echo, the example MLP and a stream of 1 KB values.
 
-Each comes with and without batching. The MLP is the example classifier's own
+The echo and the MLP come with and without batching. The MLP is the example classifier's own
 model and forward pass (`examples/classifier/model.py`), loaded from its file
 so that the baseline server runs exactly the same code. The batched MLP is
 typed as the example is: its body is checked at the door and its rows merged
@@ -10,6 +10,7 @@ into one float32 array.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -27,6 +28,16 @@ FEATURES = 8
 ROW = b"[0.5, -1.2, 3.3, 0.0, 2.1, -0.7, 1.5, 0.9]"
 BODY = b'{"x": ' + ROW + b"}"
 ROWS_BODY = b'{"x": [' + ROW + b"]}"
+# A streamed value: a string whose JSON is 1 KB; a stream of STREAM_VALUES of them per request.
+STREAM_VALUE = "v" * 1022
+STREAM_VALUES = 1000
+STREAM_BODY = b'{"n": %d}' % STREAM_VALUES
+
+
+def stream_values(n: int) -> Iterator[str]:
+    """What both servers stream: `n` values of 1 KB."""
+    for _ in range(n):
+        yield STREAM_VALUE
 
 
 def example_model() -> ModuleType:
@@ -66,3 +77,12 @@ class Mlp:
     @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
     def predict_batched(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[dict]:
         return self.code.predict(self.model, x, self.device)
+
+
+@gpuserve.service(backend="cpu")
+class Streamer:
+    """A generator of 1 KB values: what streaming costs, the model aside."""
+
+    @gpuserve.api
+    def values(self, n: int) -> Iterator[str]:
+        yield from stream_values(n)

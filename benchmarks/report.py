@@ -23,6 +23,7 @@ TARGET_CONCURRENCY = 64
 # thread-isolated figures stand beside them in the table.
 MLP_TARGET = "mlp_batched_process"
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
+from benchmarks.streaming import CONCURRENCY as STREAMS, TARGET_RATIO, TARGET_WORKLOAD  # noqa: E402
 
 
 # -- ratios and targets ----------------------------------------------------------------
@@ -74,7 +75,17 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
     value = max((r["overhead_us_per_item"] for r in hot if r["clients"] == TARGET_CONCURRENCY), default=None)
     checks.append(_check(f"batcher overhead per item, in-process, {TARGET_CONCURRENCY} clients (us)",
                          value, "<=", 20.0))
+    streamed = {r["concurrency"]: r for r in _stream_ratios(results) if r["workload"] == TARGET_WORKLOAD}
+    for streams in STREAMS:
+        row = streamed.get(streams)
+        checks.append(_check(f"streaming 1 KB values/s / raw aiohttp StreamResponse values/s, {streams} stream(s)",
+                             row and row["ratio"], ">=", TARGET_RATIO))
     return checks
+
+
+def _stream_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    streaming = results.get("streaming")
+    return streaming.get("ratios") or [] if isinstance(streaming, dict) else []
 
 
 def _check(name: str, value: float | None, op: str, limit: float) -> dict[str, Any]:
@@ -267,6 +278,14 @@ def summary(document: dict[str, Any]) -> str:
         parts.append(_table(["executors", "layout", "clients", "req/s", "p50 ms", "p99 ms", "mean batch"],
                             [[r["executors"], r["layout"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"],
                               r["mean_batch"]] for r in _rows(results, "scaling")]))
+    if _stream_ratios(results):
+        parts.append("streaming 1 KB values, gpuserve vs raw aiohttp StreamResponse, same run: values/s are medians "
+                     "of rounds,\nratio the median of round-by-round ratios; CPU = server CPU us per value")
+        parts.append(_table(["workload", "streams", "values/s", "base values/s", "ratio", "CPU us", "base CPU",
+                             "errors"],
+                            [[r["workload"], r["concurrency"], r["values_per_s"], r["baseline_values_per_s"],
+                              r["ratio"], r["cpu_us_per_value"], r["baseline_cpu_us_per_value"], r["errors"]]
+                             for r in _stream_ratios(results)]))
     if _rows(results, "hotpath"):
         parts.append("hot path, in-process (best of repeats)")
         parts.append(_table(["step", "clients", "us/item", "over floor"],

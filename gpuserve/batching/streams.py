@@ -8,10 +8,11 @@ with its first value (so its deadline is the time to its first value), or
 fails if the stream fails before one; a stream that ends before any value
 resolves it too, already over.
 
-Pacing: the producer may run `STREAM_WINDOW` steps ahead of the slowest reader
-still taking part. A reader takes what came with `read()`; what it took counts
-once it comes back for more (it has written it out by then), and credit goes
-back to the producer every half window.
+Pacing: the producer waits while its `StreamWindow` is full (steps sent past
+what the slowest reader still taking part took). A reader takes what came with
+`read()`; what it took counts once it comes back for more (it has written it
+out by then), and credit goes back as soon as the slowest reader has taken
+more. The same window, counted here, says when the producer waits.
 
 A stream leaves its batch (the producer drops it before its next step) when
 its reader closes it (done, or the client left), when its request is given up
@@ -33,11 +34,9 @@ from gpuserve.batching.queue import Pending
 from gpuserve.batching.refusals import ItemFailed, Reason, Refused
 from gpuserve.batching.settle import ERROR, OK
 from gpuserve.deadlines import RESOLUTION_S
-from gpuserve.outcomes import STREAM_WINDOW, Failure
+from gpuserve.outcomes import Failure, StreamWindow
 from gpuserve.pool import StreamLink
 from gpuserve.stats import ApiStats
-
-_HALF = STREAM_WINDOW // 2  # credit is sent once every reader taking part has taken this much more
 
 
 @attrs.frozen
@@ -118,10 +117,9 @@ class StreamBatch:
         self.streams = [Stream(self, index) for index in range(count)]
         self._taking_part = set(range(count))  # requests the producer still makes values for
         self._taken = [0] * count  # values each reader has written out
-        self._credited = 0  # steps the producer may run past: every reader taking part took this many
-        self._target = _HALF  # the next credit, once every reader taking part has taken this many
-        self._behind = count  # readers taking part that have taken fewer than `_target`
-        self._steps = 0
+        self._credited = 0  # steps every reader taking part took, as the producer was told
+        self._behind = count  # readers taking part that have taken no more than `_credited`
+        self._window = StreamWindow()  # as the producer counts it
         self._paused = False  # the producer waits on a reader
         self._link: StreamLink | None = None
         self._left_early: list[int] = []  # requests that left before the link was attached
@@ -139,13 +137,14 @@ class StreamBatch:
             link.leave(index)
 
     def feed(self, indices: list[int], outcomes: list[Any]) -> None:
-        self._steps += 1
         self._last = self.loop.time()
         if self._gap_timer is None:
             self._arm_gap(self._last + self.limits.gap_s)
         streams = self.streams
-        values = 0
+        values = size = 0
         for index, outcome in zip(indices, outcomes):
+            if type(outcome) is bytes:
+                size += len(outcome)  # counted as the producer counts it, whoever reads it
             if index not in self._taking_part:
                 continue  # it left while this step was made
             stream = streams[index]
@@ -159,7 +158,8 @@ class StreamBatch:
                 stream._push(outcome)
                 values += 1
         self.stats.stream_values += values
-        if not self._paused and self._steps - self._credited >= STREAM_WINDOW and self._taking_part:
+        self._window.sent(size)
+        if not self._paused and self._taking_part and self._window.full(self._credited):
             self._paused = True
             self.stats.streams_waiting += 1
 
@@ -167,8 +167,8 @@ class StreamBatch:
     def took(self, index: int, count: int) -> None:
         """Request `index`'s reader wrote out `count` more values."""
         before = self._taken[index]
-        after = self._taken[index] = before + count
-        if index in self._taking_part and before < self._target <= after:
+        self._taken[index] = before + count
+        if index in self._taking_part and before <= self._credited:
             self._behind -= 1
             if not self._behind:
                 self._credit()
@@ -231,23 +231,22 @@ class StreamBatch:
     def _stop_taking_part(self, index: int) -> None:
         self._taking_part.discard(index)
         self._total_timers[index].cancel()
-        if self._taken[index] < self._target:
+        if self._taken[index] <= self._credited:
             self._behind -= 1
             if not self._behind and self._taking_part:
                 self._credit()
 
     def _credit(self) -> None:
-        """Every reader taking part took `_target` values or more: the producer may run on from the slowest."""
+        """Every reader taking part took more than it was credited for: tell the producer from the slowest."""
         taken = self._taken
         credited = self._credited = min(taken[i] for i in self._taking_part)
         if self._link is not None:
             self._link.credit(credited)
-        if self._paused and self._steps - credited < STREAM_WINDOW:
+        if self._paused and not self._window.full(credited):
             self._paused = False
             self.stats.streams_waiting -= 1
             self._last = self.loop.time()  # the gap counts from here: it waited on a reader, not on the model
-        self._target = credited + _HALF
-        self._behind = sum(1 for i in self._taking_part if taken[i] < self._target)
+        self._behind = sum(1 for i in self._taking_part if taken[i] <= credited)
 
     def _given_up(self, index: int, future: asyncio.Future[Any]) -> None:
         """Its future is done: if not by its stream starting, it was given up on before its first value."""

@@ -10,8 +10,9 @@ encoded value, None when its stream is over, or its `Failure`.
 
 What the server says back arrives through a `StreamControl`: how many steps
 every reader still taking part has taken (its credit), and which requests left
-(client gone, a limit passed). The producer stays at most `STREAM_WINDOW` steps ahead
-of the slowest reader, so a slow reader makes it wait and memory never grows
+(client gone, a limit passed). The producer waits while its `StreamWindow` is
+full (`STREAM_WINDOW` steps ahead of the slowest reader, or `STREAM_WINDOW_BYTES`
+past the first of them), so a slow reader makes it wait and memory never grows
 with the length of a stream. A request that left drops out before the next
 step (its own generator is closed: `GeneratorExit` where it waits); an async
 generator's pending step is cancelled at once. Thread executors call the
@@ -28,7 +29,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any
 
-from gpuserve.outcomes import END, STREAM_WINDOW, BatchResult, Encoder, Failure
+from gpuserve.outcomes import END, BatchResult, Encoder, Failure, StreamWindow
 
 log = logging.getLogger("gpuserve.api")
 
@@ -91,9 +92,9 @@ class _Batched:
         self.count = count  # rows it started with: a step may also hold one value for each of them
         self.open = True
 
-    def step(self, live: list[int], keep: list[int] | None) -> list[Any]:
+    def step(self, live: list[int], shown: list[int] | None) -> list[Any]:
         try:
-            values = self.generator.send(keep)
+            values = self.generator.send(_positions(shown, live))
         except StopIteration:
             self.open = False
             return [END] * len(live)
@@ -120,7 +121,7 @@ class _Each:
     def __init__(self, generators: list[Generator[Any, Any, Any]]) -> None:
         self.generators: dict[int, Generator[Any, Any, Any]] = dict(enumerate(generators))
 
-    def step(self, live: list[int], keep: list[int] | None) -> list[Any]:
+    def step(self, live: list[int], shown: list[int] | None) -> list[Any]:
         values = []
         for index in live:
             try:
@@ -194,10 +195,10 @@ class _Async:
             if index in gone:
                 task.cancel()
 
-    def step(self, live: list[int], keep: list[int] | None) -> list[Any]:
+    def step(self, live: list[int], shown: list[int] | None) -> list[Any]:
         self._live = live
         if self.batched:
-            self._steps = {0: self.loop.create_task(self.generators[0].asend(keep))}
+            self._steps = {0: self.loop.create_task(self.generators[0].asend(_positions(shown, live)))}
         else:
             self._steps = {i: self.loop.create_task(self.generators[i].__anext__()) for i in live}
         try:
@@ -258,56 +259,70 @@ def steps_for(generators: list[Any], batched: bool, control: StreamControl,
 
 def run_stream(steps: _Batched | _Each | _Async, encoders: Sequence[Encoder], emit: Emit,
                control: StreamControl) -> BatchResult:
-    """Step until no request takes part any more; every request's stream is ended or left by then."""
+    """Step until no request takes part any more; every request's stream is ended or left by then.
+
+    Stream encoders return bytes: the window counts them.
+    """
     live = list(range(control.count))  # requests taking part
-    shown = live  # the requests the last step's values stood for, in order
-    step = 0
+    shown: list[int] | None = None  # the requests the last step's values stood for, in order
+    window = StreamWindow()
+    poll, gone = control.poll, control.gone
+    clock = time.perf_counter
     exec_s = 0.0
     try:
         while True:
-            control.poll()
-            if step - control.credited >= STREAM_WINDOW:
-                control.wait(lambda: step - control.credited < STREAM_WINDOW or all(i in control.gone for i in live))
-            if control.gone:
-                for index in [i for i in live if i in control.gone]:
+            poll()
+            if window.full(control.credited):
+                control.wait(lambda: not window.full(control.credited) or all(i in gone for i in live))
+            if gone:
+                for index in [i for i in live if i in gone]:
                     steps.drop(index)
-                live = [i for i in live if i not in control.gone]
-            if not live:
-                break
-            keep = None
-            if step:  # positions, in the last step, of the rows that take part in this one
-                keep = list(range(len(live))) if live == shown else [p for p, i in enumerate(shown) if i in live]
-            start = time.perf_counter()
-            values = steps.step(live, keep)
-            exec_s += time.perf_counter() - start
+                live = [i for i in live if i not in gone]
+                if not live:
+                    break
+            start = clock()
+            values = steps.step(live, shown)
+            exec_s += clock() - start
             indices: list[int] = []
             outcomes: list[Any] = []
             still: list[int] = []
+            size = 0
             for index, value in zip(live, values):
                 if value is _LEFT:
                     continue
                 indices.append(index)
                 if value is END:
-                    outcomes.append(None)
+                    outcome = None
                 elif type(value) is Failure:
-                    outcomes.append(value)
+                    outcome = value
                 else:
-                    outcomes.append(_encoded(value, encoders[index]))
-                    if type(outcomes[-1]) is not Failure:
+                    try:
+                        outcome = encoders[index](value)
+                    except (TypeError, ValueError) as exc:
+                        outcome = Failure.of(exc, f"a value it yielded cannot be encoded: {exc}")
+                    else:
+                        outcomes.append(outcome)
+                        size += len(outcome)
                         still.append(index)
                         continue
+                outcomes.append(outcome)
                 steps.drop(index)
             if indices:
                 emit(indices, outcomes)
+            window.sent(size)
             shown, live = live, still
-            step += 1
+            if not live:
+                break
     finally:
         steps.close()
     return BatchResult([None] * control.count, exec_s)
 
 
-def _encoded(value: Any, encode: Encoder) -> Any:
-    try:
-        return encode(value)
-    except (TypeError, ValueError) as exc:
-        return Failure.of(exc, f"a value it yielded cannot be encoded: {exc}")
+def _positions(shown: list[int] | None, live: list[int]) -> list[int] | None:
+    """Where, in the last step (None: there was none), the rows that take part in the next one were."""
+    if shown is None:
+        return None
+    if live == shown:
+        return list(range(len(live)))
+    taking_part = set(live)
+    return [position for position, index in enumerate(shown) if index in taking_part]
