@@ -12,6 +12,7 @@ import signal
 
 import pytest
 from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
 
 from apps.batching_client import wait_until
 from gpuserve.client import AsyncClient, BadRequestError, Client, StreamError
@@ -104,6 +105,19 @@ def test_the_openapi_document_describes_streams(served):
     assert set(answers["200"]["content"]) == {"text/event-stream", "application/x-ndjson"}
     assert answers["200"]["content"]["text/event-stream"]["x-itemSchema"] == {"type": "string"}
     assert "406" in answers and "406" not in document["paths"]["/ping"]["post"]["responses"]
+
+
+def test_stream_signals_are_in_stats_and_metrics(served):
+    server, _ = served
+    before = stats(server, "numbers")["streams"]["values"]
+    with Stream(server, "numbers", {"n": 4}) as stream:
+        assert len(list(stream.events())) == 5
+    assert stats(server, "numbers")["streams"] == {"open": 0, "values": before + 4, "waiting_on_readers": 0}
+    text = server.get("metrics").body
+    found = {(s.name, s.labels.get("api")): s.value for family in text_string_to_metric_families(text)
+             for s in family.samples}
+    assert found[("gpuserve_stream_values_total", "numbers")] == before + 4
+    assert found[("gpuserve_streams_open", "numbers")] == 0 and ("gpuserve_streams_open", "ping") not in found
 
 
 @pytest.mark.parametrize("api", ["ticks", "aticks"])
