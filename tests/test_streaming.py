@@ -9,6 +9,9 @@ import concurrent.futures
 import json
 import re
 import signal
+import socket
+import time
+from urllib.parse import urlsplit
 
 import pytest
 from openapi_spec_validator import validate
@@ -130,6 +133,22 @@ def test_a_client_that_leaves_closes_the_generator_and_frees_its_executor(served
     wait_until(lambda: idle(server), "its executor is free again")
     assert server.post("ping", {}).body == "pong"
     assert stats(server, api)["outcomes"].get("cancelled") == 1
+
+
+def test_clients_that_leave_as_their_stream_starts_leave_no_stream_behind(served):
+    server, _ = served
+    url = urlsplit(server.url)
+    body = json.dumps({"n": 10**6}).encode()
+    request = (f"POST /numbers HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    # Hang up at moments spread over the time a first value takes: some land between a stream
+    # starting and its handler waking up to it.
+    for i in range(200):
+        with socket.create_connection((url.hostname, url.port)) as conn:
+            conn.sendall(request)
+            time.sleep(i * 1e-5)
+    wait_until(lambda: idle(server) and stats(server, "numbers")["streams"]["open"] == 0, "no stream is left behind")
+    assert list(Client(server.url).stream("numbers", {"n": 2})) == [0, 1]
 
 
 def test_a_slow_reader_makes_the_producer_wait(served):

@@ -137,6 +137,8 @@ class StreamBatch:
             link.leave(index)
 
     def feed(self, indices: list[int], outcomes: list[Any]) -> None:
+        if not self._taking_part:
+            return  # a step made after the batch was given up on (the server stops)
         self._last = self.loop.time()
         if self._gap_timer is None:
             self._arm_gap(self._last + self.limits.gap_s)
@@ -193,6 +195,7 @@ class StreamBatch:
                 self.streams[index]._end(error)
                 outcome = ERROR if isinstance(error, ItemFailed) else error.reason.value
                 self.stats.outcomes[outcome] += 1
+        self._taking_part.clear()
         self.close()
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ replica stops making its values before the next one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -113,11 +114,15 @@ def _stream_handler(api: ApiSpec, state: ServerState) -> Handler:
             try:
                 # A client that leaves before the first value cancels this handler and
                 # so the future: the batcher drops the request, or the replica its stream.
-                stream = await batcher.submit(name, kwargs, form.encoder, timeout, rows)
+                future = batcher.submit(name, kwargs, form.encoder, timeout, rows)
+                stream = await future
             except ItemFailed as exc:
                 return failed(name, rid, exc)
             except Refused as exc:
                 return refusal(exc, rid)
+            except asyncio.CancelledError:
+                _leave_unread(future)
+                raise
             try:
                 return await _send(request, stream, form, name, rid)
             finally:
@@ -126,6 +131,13 @@ def _stream_handler(api: ApiSpec, state: ServerState) -> Handler:
             batcher.close_stream(name)
 
     return handle
+
+
+def _leave_unread(future: asyncio.Future[Stream]) -> None:
+    """The client left just as its stream started (its first value came, this handler had not woken):
+    the stream leaves as well, or it would wait for a reader forever."""
+    if future.done() and not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 async def _send(request: web.Request, stream: Stream, form: StreamFormat, name: str, rid: str) -> web.StreamResponse:
