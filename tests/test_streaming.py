@@ -79,9 +79,9 @@ def test_each_value_leaves_as_it_is_yielded(served):
     with Stream(server, "gated", {"tag": "first-byte"}) as stream:
         assert stream.status == 200 and stream.headers["content-type"].startswith("text/event-stream")
         assert stream.headers["x-request-id"]
-        # The first value is here while the method still waits, before its second yield.
+        # The first value is here, and the method cannot end before the gate opens: it waits there.
         assert stream.values(1) == ["first"]
-        assert events(directory, "first-byte") == ["waiting"]
+        wait_until(lambda: events(directory, "first-byte") == ["waiting"], "the method waits at its gate")
         open_gate(directory, "first-byte")
         assert list(stream.events()) == [Event("second"), Event(DONE)]
 
