@@ -79,3 +79,10 @@ def test_the_readme_shows_what_the_server_streams(textgen):
     with Stream(textgen, "generate", json.loads(body)) as stream:
         sent = stream.response.read().decode()
     assert sent.strip() == shown.strip()
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_stream_is_what_the_cpu_computes(textgen, model):
+    assert "Serving on the CPU" not in textgen.log()  # the model and its sampling run on cuda:0
+    body = {"prompt": ["The keeper"], "length": [300], "seed": [5], "temperature": [0.7]}
+    assert streamed(textgen, body) == complete(model, "The keeper", 300, seed=5, temperature=0.7)

@@ -91,6 +91,10 @@ def test_ndjson_when_accept_asks_for_it_and_406_for_what_a_stream_cannot_be(serv
     with Stream(server, "numbers", {"n": 3}, accept="application/x-ndjson") as stream:
         assert stream.headers["content-type"].startswith("application/x-ndjson")
         assert list(stream.lines()) == [0, 1, 2]
+    with Stream(server, "numbers", {"n": 2, "fail": True}, accept="application/x-ndjson",
+                headers={"X-Request-ID": "ndjson-fails"}) as stream:
+        *values, error = stream.lines()
+    assert values == [0, 1] and error["type"] == "ValueError" and error["request_id"] == "ndjson-fails"
     with Stream(server, "numbers", {"n": 2}, accept="application/x-ndjson;q=0.5, text/event-stream") as stream:
         assert list(stream.events()) == [Event(0), Event(1), Event(DONE)]
     with Stream(server, "numbers", {"n": 2}, accept="application/json") as refused:
