@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, v2
+from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, streaming, v2
 from benchmarks.config import SCENARIOS, RunConfig
 
 SCHEMA = 1
@@ -93,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("hotpath", hotpath.steps(config), lambda tick: hotpath.run(config, tick)))
     if "resnet" in config.scenarios:
         jobs.append(("resnet", resnet.steps(config), lambda tick: resnet.run(config, logs, tick)))
+    if "streaming" in config.scenarios:
+        jobs.append(("streaming", streaming.steps(config), lambda tick: streaming.run(config, logs, tick)))
 
     results: dict[str, Any] = {}
     failed = False

@@ -7,6 +7,8 @@ executor for one batch at a time:
 - `run(api, items, encoders)` runs a batch on it (raises `ExecutorDied` when
   the executor was lost while running it); `cancel(index)` tells it that a
   request of that batch is gone, so an async call for it stops;
+- `stream(api, items, encoders, sink)` runs a batch of a streaming API, each
+  step to `sink` as it is yielded (`executors/streaming.py`);
 - `release()` gives it back once the batch is answered;
 - `replace()` gives it back to be rebuilt instead (its executor was lost):
   it rejoins the free ones when the rebuild is done, while the others serve.
@@ -22,9 +24,9 @@ import logging
 import traceback
 
 from gpuserve.errors import GpuserveError
-from gpuserve.executors.base import Executor, ExecutorDied
+from gpuserve.executors.base import Executor, ExecutorDied, StreamLink, StreamSink
 
-__all__ = ["DevicePool", "ExecutorDied", "Lease", "ReplicaBuildError"]
+__all__ = ["DevicePool", "ExecutorDied", "Lease", "ReplicaBuildError", "StreamLink", "StreamSink"]
 
 log = logging.getLogger(__name__)
 RESTART_DELAY_S = 0.1  # the first wait after a failed restart; it doubles each time
@@ -38,7 +40,7 @@ class ReplicaBuildError(GpuserveError):
 class Lease:
     """One executor, lent for one batch at a time. `key` names it in stats and logs."""
 
-    __slots__ = ("_pool", "executor", "key", "run", "cancel")
+    __slots__ = ("_pool", "executor", "key", "run", "stream", "cancel")
 
     def __init__(self, pool: "DevicePool", executor: Executor) -> None:
         self._pool = pool
@@ -47,6 +49,7 @@ class Lease:
         # The executor's own bound method: no extra frame per batch. Its
         # executor object is restarted in place, so the method stays valid.
         self.run = executor.run
+        self.stream = executor.stream
         self.cancel = executor.cancel  # request `index` of the running batch is gone
 
     def release(self) -> None:

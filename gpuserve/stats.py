@@ -4,8 +4,10 @@ Per API: queue depth (requests), requests in flight per device, batch sizes
 in rows and in requests (a batchable API's request may carry several rows),
 the batch ceiling per device in rows (lowered after out-of-memory errors),
 time in queue, execution time per device, refusals by reason (the request
-never ran) and outcomes of the requests that did run. Plain counters: updating them costs a
-few dictionary operations on the event loop.
+never ran) and outcomes of the requests that did run; for a streaming API also
+its open streams, the values sent and the streamed batches whose producer
+waits on a slow reader. Plain counters: updating them costs a few dictionary
+operations on the event loop.
 """
 
 from __future__ import annotations
@@ -60,11 +62,15 @@ class ApiStats:
     # What became of items that were taken into a batch: ok, error (500),
     # executor_lost (503), deadline (504 while running), cancelled (client left while running).
     outcomes: Counter[str] = attrs.Factory(Counter)
+    streaming: bool = False  # a streaming API: the three below are counted
+    streams: int = 0  # streams open: admitted and not yet ended, queued or running
+    stream_values: int = 0  # values that reached the event loop
+    streams_waiting: int = 0  # streamed batches whose producer waits for a slow reader
 
 
 class Stats:
-    def __init__(self, api_names: list[str]) -> None:
-        self.apis: dict[str, ApiStats] = {name: ApiStats() for name in api_names}
+    def __init__(self, api_names: list[str], streaming: frozenset[str] = frozenset()) -> None:
+        self.apis: dict[str, ApiStats] = {name: ApiStats(streaming=name in streaming) for name in api_names}
 
     def __getitem__(self, api_name: str) -> ApiStats:
         return self.apis[api_name]
@@ -85,6 +91,8 @@ class Stats:
                 "exec_time_s": {k: v.snapshot() for k, v in s.exec_time.items()},
                 "refusals": dict(s.refusals),
                 "outcomes": dict(s.outcomes),
+                **({"streams": {"open": s.streams, "values": s.stream_values,
+                                "waiting_on_readers": s.streams_waiting}} if s.streaming else {}),
             }
             for name, s in self.apis.items()
         }

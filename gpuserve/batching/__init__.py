@@ -5,10 +5,12 @@
 - `dispatch.py`  queued work to free executors, one batch per pool lease
 - `settle.py`    each request answered once, and counted
 - `refusals.py`  why a request is answered without its result (`Reason`)
+- `streams.py`   a streaming API's values on their way to their readers, paced and limited
 """
 
 from gpuserve.batching.batcher import Batcher
 from gpuserve.batching.queue import default_queue_size
 from gpuserve.batching.refusals import ItemFailed, Reason, Refused
+from gpuserve.batching.streams import Stream, StreamLimits
 
-__all__ = ["Batcher", "ItemFailed", "Reason", "Refused", "default_queue_size"]
+__all__ = ["Batcher", "ItemFailed", "Reason", "Refused", "Stream", "StreamLimits", "default_queue_size"]

@@ -61,7 +61,10 @@ class ApiAdmission:
         self.api = api
         # Rows handed to an executor at once. An API that is not batchable is
         # still called once per request (one row), but a group of them shares one hop.
-        self.per_hop = api.max_batch_size if api.batchable else UNBATCHED_PER_HOP
+        # A stream's length says nothing about the cost of a call (its batches are
+        # never learned from), so unbatched streams go in the largest groups.
+        self.per_hop = api.max_batch_size if api.batchable else (
+            UNBATCHED_MAX_PER_HOP if api.streams else UNBATCHED_PER_HOP)
         self.budget_s = api.max_latency_ms / 1000
         self.limit = limit
         self.lanes = {key: Lane(key, self.per_hop) for key in keys}

@@ -29,7 +29,7 @@ TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def request_timeout(raw: str) -> float:
+def parse_timeout(raw: str) -> float:
     """The request's own deadline in seconds, from its header."""
     try:
         value = float(raw)
@@ -40,30 +40,53 @@ def request_timeout(raw: str) -> float:
     return value
 
 
+def not_ready(state: ServerState, rid: str) -> web.Response:
+    reason = state.failure or "replicas are still being built"
+    return json_error(503, f"not ready: {reason}", rid, retry_after=1)
+
+
+async def read_body(request: web.Request, state: ServerState, rid: str) -> bytes | web.Response:
+    """An API request's body; or, when there is none to take, the answer: not ready (503), too large (413)."""
+    if not state.ready:
+        return not_ready(state, rid)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(
+            413, f"request body is larger than {state.deployment.settings.max_body_size} bytes (--max-body-size)", rid
+        )
+
+
+def log_failure(name: str, rid: str, exc: ItemFailed, where: str = "") -> None:
+    """A call that raised, logged once: with its traceback (from a worker process too), API and request id."""
+    failure = exc.failure
+    log.error("%r failed%s for request %s: %s: %s\n%s", name, where, rid, failure.type, failure.message,
+              failure.traceback.rstrip())
+
+
+def failed(name: str, rid: str, exc: ItemFailed) -> web.Response:
+    """The answer to a call that raised (500, naming the exception's type), logged."""
+    log_failure(name, rid, exc)
+    return json_error(500, f"{name!r} failed: {exc}", rid, type=exc.failure.type)
+
+
 def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
     batcher = state.batcher
-    settings = state.deployment.settings
     name = api.name
     decode = argument_decoder(api)
 
     async def handle(request: web.Request) -> web.Response:
         rid = request_id(request)
-        if not state.ready:
-            reason = state.failure or "replicas are still being built"
-            return json_error(503, f"not ready: {reason}", rid, retry_after=1)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return json_error(
-                413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)", rid
-            )
+        body = await read_body(request, state, rid)
+        if type(body) is not bytes:
+            return body
         try:
             kwargs, rows = decode(body)
             # The batcher keeps the deadline (this one, or the server's default)
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else request_timeout(own), rows)
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else parse_timeout(own), rows)
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
@@ -73,10 +96,7 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
         try:
             payload = await future  # JSON bytes, encoded in the executor
         except ItemFailed as exc:
-            failure = exc.failure
-            log.error("%r failed for request %s: %s: %s\n%s", name, rid, failure.type, failure.message,
-                      failure.traceback.rstrip())
-            return json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type)
+            return failed(name, rid, exc)
         except Refused as exc:
             return refusal(exc, rid)
         response = web.Response(body=payload, content_type="application/json")
@@ -93,8 +113,7 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
     async def readyz(request: web.Request) -> web.Response:
         rid = request_id(request)
         if not state.ready:
-            reason = state.failure or "replicas are still being built"
-            return json_error(503, f"not ready: {reason}", rid, retry_after=1)
+            return not_ready(state, rid)
         replicas, replacing = len(state.pool), state.pool.replacing
         if not replacing:
             return web.json_response({"status": "ready", "replicas": replicas})
@@ -111,7 +130,8 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/stats", stats)
     for api in state.deployment.spec.apis.values():
-        app.router.add_post(f"/{api.name}", _api_handler(api, state))
+        if not api.streams:  # streaming APIs: `protocols/streaming.py`
+            app.router.add_post(f"/{api.name}", _api_handler(api, state))
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:
