@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # Triton's Python backend stub loads libpython: it must be this interpreter's, or its
     # standard library and its C core disagree.
+    os.environ.setdefault("PATH", os.defpath)  # Triton's launcher extends it
     os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
         filter(None, [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")]))
 

@@ -11,16 +11,20 @@ In JSON an array arrives as nested lists, row-major. With a `Shape`, pydantic
 checks the nesting, each dimension's length (`-1`: any) and every element
 strictly (numbers for a float dtype, integers within the dtype's range for an
 integer one, booleans for bool; floats finite and within the dtype's range),
-all in its compiled validator; then NumPy builds the array in one call. Without
-a `Shape` any nesting is accepted that NumPy can make regular, and its element
-kind is checked as a whole. For a batchable API the first dimension is the
-batch: `-1`, with 1..max_batch_size rows per request.
+all in its compiled validator. When only the first dimension may vary, the
+checked lists are regular by construction: they travel as they are, and the
+replica builds the array (for a batch, one array of every request's rows) in
+one NumPy call beside the model, not on the event loop. Otherwise (a `Shape`
+with an inner -1, or none) NumPy builds it at the door, where raggedness and
+the element kind are checked as a whole. For a batchable API the first
+dimension is the batch: `-1`, with 1..max_batch_size rows per request.
 
 NumPy is imported only by services that declare arrays; the core never needs it.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import typing
 from typing import Any
@@ -55,6 +59,21 @@ class ArraySpec:
     dtype: str
     shape: tuple[int, ...] | None = None
     max_rows: int | None = None  # rows one request of a batchable API may carry: the first dimension's limit
+
+    @property
+    def regular_when_checked(self) -> bool:
+        """Whether lists that passed the schema are surely regular: only the first dimension may vary."""
+        return self.shape is not None and ANY not in self.shape[1:]
+
+    def build(self, value: Any) -> Any:
+        """A value that passed the door (checked lists, or an array) as a NumPy array of this dtype."""
+        return _numpy().asarray(value, dtype=self.dtype)
+
+    def merge(self, values: list[Any]) -> Any:
+        """Several requests' values joined along dimension 0 into one array: one NumPy call for lists."""
+        if all(type(v) is list for v in values):
+            return _numpy().array(list(itertools.chain.from_iterable(values)), dtype=self.dtype)
+        return _numpy().concatenate([self.build(v) for v in values])
 
     def describe(self) -> str:
         if self.shape is None:
@@ -95,6 +114,8 @@ class ArraySpec:
                 if depth == 0 and self.max_rows is not None:
                     low, high = 1, self.max_rows
                 nested = core_schema.list_schema(nested, min_length=low, max_length=high, strict=True)
+            if self.regular_when_checked:  # built in the replica (`build`, `merge`)
+                return nested
         return core_schema.no_info_after_validator_function(
             self.convert, nested, serialization=core_schema.plain_serializer_function_ser_schema(_tolist)
         )
@@ -144,11 +165,6 @@ def _dtype_of(np: Any, annotation: Any, where: str) -> str:
     if dtype.kind not in _ACCEPTS:
         raise DeclarationError(f"{where}: dtype {dtype} cannot arrive as JSON; use a float, int, uint or bool dtype")
     return dtype.name
-
-
-def concatenate(arrays: list[Any]) -> Any:
-    """Arrays joined along dimension 0 (rows of several requests, for one call)."""
-    return _numpy().concatenate(arrays)
 
 
 def _numpy() -> Any:

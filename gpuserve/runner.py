@@ -47,7 +47,8 @@ async def _serve(app: web.Application, settings: Settings) -> str | None:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(
         app,
-        access_log=access_log if settings.access_log else None,
+        # A logger that would drop every line costs a call per request for nothing: none at all then.
+        access_log=access_log if settings.access_log and access_log.isEnabledFor(logging.INFO) else None,
         access_log_format=ACCESS_LOG_FORMAT,
         handler_cancellation=True,  # a client that leaves cancels its request
         shutdown_timeout=state.stop.http_s,  # the batcher has answered every request by then

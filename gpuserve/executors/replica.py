@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from gpuserve.arrays import concatenate
 from gpuserve.backend import Backend
 from gpuserve.context import ReplicaContext, bind
 from gpuserve.executors.streaming import Emit, StreamControl, run_stream, steps_for
@@ -73,8 +72,16 @@ def _rows(api: ApiSpec, item: dict[str, Any]) -> int:
 def _merge(param: Param, values: list[Any]) -> Any:
     """One parameter's rows of several requests, joined along dimension 0."""
     if param.array is not None:
-        return concatenate(values)
+        return param.array.merge(values)
     return list(itertools.chain.from_iterable(values))
+
+
+def _with_arrays(api: ApiSpec, item: dict[str, Any]) -> dict[str, Any]:
+    """One request's arguments with its array parameters as arrays (they may travel as checked lists)."""
+    arrays = [p for p in api.signature.params if p.array is not None and p.name in item]
+    if not arrays:
+        return item
+    return {**item, **{p.name: p.array.build(item[p.name]) for p in arrays}}
 
 
 class Replica:
@@ -165,7 +172,7 @@ class Replica:
                     if api.batchable:  # one row per request: the rows merged as for any batch
                         generators = [method(**_BatchRun(api, items).kwargs(0, len(items)))]
                     else:
-                        generators = [method(**item) for item in items]
+                        generators = [method(**_with_arrays(api, item)) for item in items]
                 except Exception as exc:  # the call itself failed: nothing was yielded
                     emit(list(range(len(items))), [Failure.of(exc)] * len(items))
                     return BatchResult([None] * len(items), 0.0)
@@ -177,6 +184,11 @@ class Replica:
     def _caller(self, api: ApiSpec) -> Callable[[dict[str, Any], range], Any]:
         """How to call the method with keyword arguments, for the requests at `indices`."""
         method = getattr(self.instance, api.method_name)
+        if not api.batchable and api.signature.arrays:
+            # Its arrays may have travelled as checked lists (a batch's are built by `_BatchRun`).
+            if not api.is_async:
+                return lambda kwargs, indices: method(**_with_arrays(api, kwargs))
+            return lambda kwargs, indices: self._await(method(**_with_arrays(api, kwargs)), indices)
         if not api.is_async:
             return lambda kwargs, indices: method(**kwargs)
         return lambda kwargs, indices: self._await(method(**kwargs), indices)
@@ -250,7 +262,7 @@ class _BatchRun:
     def kwargs(self, lo: int, hi: int) -> dict[str, Any]:
         items = self.items[lo:hi]
         if len(items) == 1:  # a request alone: its own values, nothing to merge
-            only = items[0]
+            only = _with_arrays(self.api, items[0])
             return {p.name: only[p.name] if p.name in only else [p.default] * self.rows(lo, hi)
                     for p in self.api.signature.params}
         merged = {}

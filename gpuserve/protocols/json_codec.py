@@ -51,7 +51,7 @@ def argument_decoder(api: ApiSpec) -> Callable[[bytes], Decoded]:
     required = api.required
     loads = orjson.loads
     validator = api.signature.validator
-    rows_of = _row_counter(api) if api.batchable else None
+    rows_of = _row_counter(api, checked=validator is not None) if api.batchable else None
 
     def decode(body: bytes) -> Decoded:
         try:
@@ -80,11 +80,15 @@ def _checked(api: ApiSpec, validator: Any, payload: Any) -> dict[str, Any]:
         raise _invalid(api, exc) from None
 
 
-def _row_counter(api: ApiSpec) -> Callable[[dict[str, Any]], int]:
+def _row_counter(api: ApiSpec, checked: bool) -> Callable[[dict[str, Any]], int]:
     """Rows per request of a batchable API: each parameter's length, all equal, 1..max_batch_size (a stream: 1)."""
     names = api.params
     limit = api.rows_per_request
     why = "a stream takes one row per request: each request is one stream" if api.streams else "max_batch_size"
+    if checked and not api.streams and len(names) == 1 and api.required == {names[0]}:
+        # The validator held the one parameter to a list (or array) of 1..limit rows already.
+        name = names[0]
+        return lambda kwargs: len(kwargs[name])
 
     def rows(kwargs: dict[str, Any]) -> int:
         counts = {}

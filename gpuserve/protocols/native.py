@@ -99,9 +99,7 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             return failed(name, rid, exc)
         except Refused as exc:
             return refusal(exc, rid)
-        response = web.Response(body=payload, content_type="application/json")
-        response.headers[HEADER] = rid
-        return response
+        return web.Response(body=payload, headers={"Content-Type": "application/json", HEADER: rid})
 
     return handle
 
