@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gpuserve.devices import SourceUnavailable, source_for
+from gpuserve.health import ReplicaState
 from gpuserve.stats import Stats
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ class ServingCollector:
         outcomes = CounterMetricFamily(
             "gpuserve_outcomes", "Items that ran, by outcome", labels=["api", "outcome"]
         )
+        reruns = CounterMetricFamily(
+            "gpuserve_reruns", "Requests run again alone after their batch failed as a whole or lost its replica",
+            labels=["api"],
+        )
         for api, s in self._read_stats().apis.items():
             depth.add_metric([api], s.queue_depth)
             for key, n in s.in_flight.items():
@@ -75,7 +80,35 @@ class ServingCollector:
                 refusals.add_metric([api, reason], n)
             for outcome, n in s.outcomes.items():
                 outcomes.add_metric([api, outcome], n)
-        yield from (depth, in_flight, batches, queue_time, queued, exec_time, refusals, outcomes)
+            reruns.add_metric([api], s.reruns)
+        yield from (depth, in_flight, batches, queue_time, queued, exec_time, refusals, outcomes, reruns)
+
+
+class ReplicaCollector:
+    """Each replica's state (one series per state, 1 for the current one), restarts and abandoned threads."""
+
+    def __init__(self, state: "ServerState") -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        ready = GaugeMetricFamily("gpuserve_ready", "1 while some replica can take work (as /readyz)")
+        ready.add_metric([], 1.0 if self._state.ready else 0.0)
+        states = GaugeMetricFamily("gpuserve_replica_state", "1 for the replica's current state",
+                                   labels=["replica", "state"])
+        restarts = CounterMetricFamily("gpuserve_replica_restarts", "Rebuilds after it was lost or stuck",
+                                       labels=["replica"])
+        stuck = CounterMetricFamily("gpuserve_replica_stuck", "Calls the watchdog gave up on", labels=["replica"])
+        abandoned = GaugeMetricFamily("gpuserve_replica_abandoned_threads",
+                                      "Threads of replicas given up on, still running user code", labels=["replica"])
+        for key, health in self._state.pool.health_snapshot().items():
+            for member in ReplicaState:
+                states.add_metric([key, member.value], 1.0 if health["state"] == member.value else 0.0)
+            restarts.add_metric([key], health["restarts"])  # type: ignore[arg-type]
+            stuck.add_metric([key], health["stuck"])  # type: ignore[arg-type]
+            abandoned.add_metric([key], health["abandoned_threads"])  # type: ignore[arg-type]
+        yield from (ready, states, restarts, stuck, abandoned)
 
 
 class GpuCollector:
@@ -123,6 +156,7 @@ def add_metrics_route(app: web.Application, state: "ServerState") -> None:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServingCollector(state.batcher.read_stats))
+    registry.register(ReplicaCollector(state))
     planned = [d.uuid for d in state.deployment.plan.gpu_union()]
     if planned:
         registry.register(GpuCollector(planned, state.deployment.base_env))

@@ -37,8 +37,9 @@ def _load_plugins(app: web.Application) -> None:
 
 def create_app(deployment: Deployment) -> web.Application:
     settings = deployment.settings
-    pool = DevicePool(deployment.executors())
-    batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size, timeout=settings.timeout)
+    pool = DevicePool(deployment.executors(), max_build_failures=settings.max_build_failures)
+    batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size, timeout=settings.timeout,
+                      call_timeout=settings.call_timeout)
     app = web.Application(client_max_size=settings.max_body_size)
     app[STATE] = ServerState(deployment, pool, batcher, StopBudget(settings.drain_timeout))
     app.on_shutdown.append(lifecycle.drain)

@@ -15,7 +15,8 @@ from gpuserve.resources import Resources
 from gpuserve.signature import Signature, signature_of
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-_RESERVED_ROUTES = frozenset({"livez", "readyz", "metrics", "v2"})
+# Routes of the server, and "replicas": `/stats` holds every API by name and the replicas under that key.
+_RESERVED_ROUTES = frozenset({"livez", "readyz", "metrics", "v2", "replicas"})
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +63,8 @@ class ApiSpec:
     max_batch_size: int
     max_latency_ms: float
     signature: Signature
+    # Seconds one call may run before the watchdog replaces its replica; None: the server's --call-timeout.
+    call_timeout: float | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -101,6 +104,7 @@ def api(
     batchable: bool = False,
     max_batch_size: int = 64,
     max_latency_ms: float = 60_000,
+    call_timeout: float | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -111,6 +115,7 @@ def api(
     batchable: bool = False,
     max_batch_size: int = 64,
     max_latency_ms: float = 60_000,
+    call_timeout: float | None = None,
 ) -> Any:
     """Expose a method as `POST /<name>`; `async def` methods run on the replica's own event loop.
 
@@ -120,11 +125,15 @@ def api(
     merged along dimension 0 (a list, or one array for array parameters) and
     returns one result per row; each request gets back its own rows.
     `max_latency_ms` bounds time in queue plus predicted execution.
+    `call_timeout` (seconds) is how long one call may run before it counts as
+    stuck: its requests fail and its replica is replaced (default: the server's
+    `--call-timeout`, else its `--timeout`).
     """
     if not isinstance(batchable, bool):
         raise DeclarationError(f"batchable={batchable!r} is invalid: expected True or False")
     size = _positive_int("max_batch_size", max_batch_size)
     latency = _positive_number("max_latency_ms", max_latency_ms)
+    limit = None if call_timeout is None else _positive_number("call_timeout", call_timeout)
 
     def mark(f: F) -> F:
         if not callable(f):
@@ -133,7 +142,7 @@ def api(
         if not isinstance(route, str) or not _ROUTE_NAME.match(route) or route in _RESERVED_ROUTES:
             raise DeclarationError(
                 f"API name {route!r} is invalid: expected letters, digits, '_' or '-', "
-                f"not one of the reserved routes {sorted(_RESERVED_ROUTES)}"
+                f"not one of the reserved names {sorted(_RESERVED_ROUTES)}"
             )
         if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
             raise DeclarationError(f"API {f.__qualname__}: generator methods cannot be served yet")
@@ -144,6 +153,7 @@ def api(
             max_batch_size=size if batchable else 1,
             max_latency_ms=latency,
             signature=signature_of(f, batchable, size),
+            call_timeout=limit,
         )
         return f
 

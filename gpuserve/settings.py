@@ -44,6 +44,11 @@ class Settings:
     queue_size: int | None = attrs.field(default=None, validator=_positive)  # per API; None: derived
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)  # the whole stop, from the signal
     access_log: bool = True  # one line per request (logger "gpuserve.access")
+    # Seconds one call may run before its replica counts as stuck and is replaced; None: `timeout`.
+    call_timeout: float | None = attrs.field(default=None, validator=_positive)
+    # Builds of one replica that may fail in a row before the server counts as failed.
+    max_build_failures: int = attrs.field(default=5, validator=_positive)
+    exit_on_failure: bool = True  # a failed server exits non-zero (else it stays up, answering 503)
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> "Settings":

@@ -75,13 +75,15 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serve(ref: str, *args: str, cwd: Path = APPS, env: Mapping[str, str] | None = None,
-          log_dir: Path, wait_ready: bool = True, timeout: float = 90) -> Iterator[Server]:
+          log_dir: Path, wait_ready: bool = True, timeout: float = 90, new_session: bool = False) -> Iterator[Server]:
+    """`new_session`: the server leads a process group of its own (for signals to the whole group)."""
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gpuserve", "serve", ref, "--port", str(port), *args],
             cwd=cwd, env=server_env(env), stdout=log, stderr=subprocess.STDOUT, text=True,
+            start_new_session=new_session,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:
@@ -106,6 +108,16 @@ def _wait(server: Server, path: str, timeout: float) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"server not answering {path} after {timeout}s:\n{server.log()}")
+
+
+def process_running(pid: int) -> bool:
+    """False once the process is gone or a zombie with no thread left, ready to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z" or len(os.listdir(f"/proc/{pid}/task")) > 1
+    except FileNotFoundError:
+        return False
 
 
 def wait_until_running(server: Server, api: str, timeout: float = 30) -> None:

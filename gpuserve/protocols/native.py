@@ -2,7 +2,9 @@
 
 A body is checked against the API's declarations before it is queued
 (`json_codec`); a request that fails in the user's code is logged once, with
-its traceback, the API's name and the request's id.
+its traceback, the API's name and the request's id. While the server stops,
+a request is answered 503 and every answer carries `Connection: close`, so
+no client sends another request on a connection about to close.
 """
 
 from __future__ import annotations
@@ -48,9 +50,8 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
 
     async def handle(request: web.Request) -> web.Response:
         rid = request_id(request)
-        if not state.ready:
-            reason = state.failure or "replicas are still being built"
-            return json_error(503, f"not ready: {reason}", rid, retry_after=1)
+        if not state.accepting:
+            return _not_ready(state, rid)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -63,11 +64,11 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else _timeout(own), rows)
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else _timeout(own), rows, rid)
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
-            return refusal(exc, rid)
+            return _closing(state, refusal(exc, rid))
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the request if it has not started.
         try:
@@ -76,14 +77,29 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             failure = exc.failure
             log.error("%r failed for request %s: %s: %s\n%s", name, rid, failure.type, failure.message,
                       failure.traceback.rstrip())
-            return json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type)
+            return _closing(state, json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type))
         except Refused as exc:
-            return refusal(exc, rid)
+            return _closing(state, refusal(exc, rid))
         response = web.Response(body=payload, content_type="application/json")
         response.headers[HEADER] = rid
+        if state.stopping:
+            response.force_close()
         return response
 
     return handle
+
+
+def _closing(state: ServerState, response: web.Response) -> web.Response:
+    """`response`, with `Connection: close` while the server stops."""
+    if state.stopping:
+        response.force_close()
+    return response
+
+
+def _not_ready(state: ServerState, rid: str) -> web.Response:
+    """503 with why the server cannot take the request now."""
+    reason = state.readiness() or "replicas are still being built"
+    return _closing(state, json_error(503, f"not ready: {reason}", rid, retry_after=1))
 
 
 def add_native_routes(app: web.Application, state: ServerState) -> None:
@@ -91,13 +107,17 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if state.ready:
-            return web.json_response({"status": "ready", "replicas": len(state.pool)})
-        reason = state.failure or "replicas are still being built"
-        return json_error(503, f"not ready: {reason}", request_id(request), retry_after=1)
+        """200 while some replica can take work, else 503 with why; each replica's state either way."""
+        states = {key: health["state"] for key, health in state.pool.health_snapshot().items()}
+        reason = state.readiness()
+        if reason is None:
+            return web.json_response({"status": "ready", "replicas": len(states), "states": states})
+        response = json_error(503, f"not ready: {reason}", request_id(request), retry_after=1, states=states)
+        return _closing(state, response)
 
     async def stats(_: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(state.batcher.read_stats().snapshot()), content_type="application/json")
+        snapshot = {**state.batcher.read_stats().snapshot(), "replicas": state.pool.health_snapshot()}
+        return web.Response(body=orjson.dumps(snapshot), content_type="application/json")
 
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

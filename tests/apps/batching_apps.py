@@ -88,6 +88,14 @@ class Batching:
             raise MemoryError(f"a batch of {len(item)} does not fit")
         return [len(item)] * len(item)
 
+    @gpuserve.api(batchable=True, max_batch_size=32)
+    def swallow(self, item: list[str]) -> list[int]:
+        """Runs out of memory whenever an item starts with "huge", however few rows come with it."""
+        journal("swallow", item)
+        if any(i.startswith("huge") for i in item):
+            raise MemoryError("a huge item does not fit, even alone")
+        return [len(item)] * len(item)
+
     @gpuserve.api(batchable=True, max_batch_size=1, max_latency_ms=700)
     def timed(self, item: list[str]) -> list[str]:
         journal("timed", item)
