@@ -1,15 +1,17 @@
-"""The services gpuserve serves in the benchmarks: an echo and the example MLP.
+"""The services gpuserve serves in the benchmarks: an echo, the example MLP, and one that fails on demand.
 
-Each comes with and without batching. The MLP is the example classifier's own
-model and forward pass (`examples/classifier/model.py`), loaded from its file
-so that the baseline server runs exactly the same code. The batched MLP is
-typed as the example is: its body is checked at the door and its rows merged
-into one float32 array.
+Each of the first two comes with and without batching. The MLP is the example
+classifier's own model and forward pass (`examples/classifier/model.py`),
+loaded from its file so that the baseline server runs exactly the same code.
+The batched MLP is typed as the example is: its body is checked at the door
+and its rows merged into one float32 array. `Chaos` is the `chaos` scenario's.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -66,3 +68,30 @@ class Mlp:
     @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
     def predict_batched(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[dict]:
         return self.code.predict(self.model, x, self.device)
+
+
+CHAOS_DIR_ENV = "CHAOS_DIR"  # where the `chaos` scenario tells `Chaos` that its constructor should fail
+CHAOS_CALL_S = 0.002  # a call's fixed cost, as a device's launch: batching pays, as it does on a GPU
+
+
+@gpuserve.service(backend="cpu")
+class Chaos:
+    """Answers each row with itself, unless the row is a fault: `hang` never returns, `exit` ends the
+    worker process, `oom` runs out of memory however small its batch. The constructor fails while the
+    file `fail-init` exists in `$CHAOS_DIR`."""
+
+    def __init__(self) -> None:
+        if (Path(os.environ.get(CHAOS_DIR_ENV, ".")) / "fail-init").exists():
+            raise RuntimeError("the chaos scenario told this constructor to fail")
+
+    @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
+    def predict(self, x: list[str]) -> list[str]:
+        for row in x:
+            if row == "hang":
+                time.sleep(3600)
+            elif row.startswith("exit"):
+                os._exit(3)
+            elif row == "oom":
+                raise MemoryError("this row does not fit, even alone")
+        time.sleep(CHAOS_CALL_S)
+        return x

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-SCENARIOS = ("device", "serve", "baseline", "scaling", "hotpath")
+SCENARIOS = ("device", "serve", "baseline", "scaling", "hotpath", "chaos")
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 256)
@@ -24,6 +24,7 @@ class RunConfig:
     loadgen: str = "auto"  # "wrk", "python" or "auto" (wrk when installed)
     quick: bool = False
     out: Path = Path("benchmarks/results")
+    faults: tuple[str, ...] | None = None  # chaos scenario: None means every fault
 
     @classmethod
     def quick_run(cls, **overrides: object) -> "RunConfig":
