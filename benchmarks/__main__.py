@@ -13,7 +13,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks import RESULTS, chaos, device, environment, hotpath, loadgen, report, scaling, serve, servers
+from benchmarks import (
+    RESULTS, chaos, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, v2,
+)
 from benchmarks.config import SCENARIOS, RunConfig
 
 SCHEMA = 1
@@ -32,12 +34,16 @@ def parse(argv: Sequence[str] | None) -> RunConfig:
                    help="load generator (default: wrk when installed, else the Python client)")
     p.add_argument("--faults", help=f"chaos scenario: comma-separated, from {','.join(chaos.NAMES)} (default: all)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"folder for results (default {RESULTS})")
+    p.add_argument("--triton-python", metavar="PYTHON",
+                   help="v2 scenario: a Python with nvidia-pytriton and torch, to run the same MLP on Triton beside "
+                        "gpuserve (see benchmarks/triton.py)")
     args = p.parse_args(argv)
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
-    overrides: dict[str, Any] = {"scenarios": scenarios, "loadgen": args.loadgen, "out": args.out}
+    overrides: dict[str, Any] = {"scenarios": scenarios, "loadgen": args.loadgen, "out": args.out,
+                                 "triton_python": args.triton_python}
     if args.duration is not None:
         overrides["duration_s"] = args.duration
     if args.rounds is not None:
@@ -86,10 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("device", device.steps(config), lambda tick: device.run(config, tick)))
     if http:
         jobs.append(("serve+baseline", serve.steps(config), lambda tick: serve.run(config, logs, tick)))
+    if "v2" in config.scenarios:
+        jobs.append(("v2", v2.steps(config), lambda tick: v2.run(config, logs, tick)))
     if "scaling" in config.scenarios:
         jobs.append(("scaling", scaling.steps(config), lambda tick: scaling.run(config, logs, tick)))
+        jobs.append(("scaling_kinds", scaling.kinds_steps(config), lambda tick: scaling.compare_kinds(config, logs, tick)))
     if "hotpath" in config.scenarios:
         jobs.append(("hotpath", hotpath.steps(config), lambda tick: hotpath.run(config, tick)))
+    if "resnet" in config.scenarios:
+        jobs.append(("resnet", resnet.steps(config), lambda tick: resnet.run(config, logs, tick)))
     if "chaos" in config.scenarios:
         jobs.append(("chaos", chaos.steps(config), lambda tick: chaos.run(config, logs, tick)))
 

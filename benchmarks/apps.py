@@ -1,10 +1,12 @@
-"""The services gpuserve serves in the benchmarks: an echo, the example MLP, and one that fails on demand.
+"""The services gpuserve serves in the benchmarks: an echo, the example MLP, ResNet-50, and one that fails.
 
-Each of the first two comes with and without batching. The MLP is the example
+The echo and the MLP come with and without batching. The MLP is the example
 classifier's own model and forward pass (`examples/classifier/model.py`),
 loaded from its file so that the baseline server runs exactly the same code.
 The batched MLP is typed as the example is: its body is checked at the door
-and its rows merged into one float32 array. `Chaos` is the `chaos` scenario's.
+and its rows merged into one float32 array. ResNet-50 (scenario `resnet`)
+runs the same `classify` as its offline loop. `Chaos` fails on demand, for
+the `chaos` scenario.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
+from typing_extensions import TypedDict
 
 import gpuserve
+
+from benchmarks.config import RESNET_BATCH
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "classifier" / "model.py"
 MAX_BATCH = 64  # the example classifier's own max_batch_size
@@ -52,6 +57,11 @@ class Echo:
         return x
 
 
+class Prediction(TypedDict):  # the example's answer per row: over v2, one output per field
+    label: int
+    probabilities: list[float]
+
+
 @gpuserve.service(resources={"gpu": 1})
 class Mlp:
     """The example classifier, one request per call and batched."""
@@ -66,8 +76,39 @@ class Mlp:
         return self.code.predict(self.model, np.array([x], dtype=np.float32), self.device)[0]
 
     @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
-    def predict_batched(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[dict]:
+    def predict_batched(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> list[Prediction]:
         return self.code.predict(self.model, x, self.device)
+
+
+IMAGE_SHAPE = (224, 224, 3)  # one FP32 image: 602,112 bytes
+
+
+@gpuserve.service(backend="cpu")
+class Images:
+    """What the v2 protocol's binary path costs: an image tensor in, the same tensor out."""
+
+    @gpuserve.api
+    def echo_image(
+        self, image: Annotated[NDArray[np.float32], gpuserve.Shape(*IMAGE_SHAPE)]
+    ) -> Annotated[NDArray[np.float32], gpuserve.Shape(*IMAGE_SHAPE)]:
+        return image
+
+
+@gpuserve.service(resources={"gpu": 1})
+class ResNet50:
+    """ResNet-50 (fp16 on GPUs) on images the request names by index (`benchmarks/resnet_model.py`)."""
+
+    def __init__(self) -> None:
+        from benchmarks import resnet_model
+
+        device = gpuserve.context().device
+        self.net = resnet_model
+        self.model, self.bank = resnet_model.build(device), resnet_model.make_bank(device)
+
+    # A generous latency bound: this measures throughput, and admission must not refuse the load.
+    @gpuserve.api(batchable=True, max_batch_size=RESNET_BATCH, max_latency_ms=10_000)
+    def classify(self, image: list[int]) -> list[int]:
+        return self.net.classify(self.model, self.bank, image)
 
 
 CHAOS_DIR_ENV = "CHAOS_DIR"  # where the `chaos` scenario tells `Chaos` that its constructor should fail

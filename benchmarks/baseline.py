@@ -108,6 +108,14 @@ def create_app() -> web.Application:
         [row] = orjson.loads(await request.read())["x"]
         return _json([await batcher.submit(row)])
 
+    async def image(request: web.Request) -> web.Response:
+        # The v2 binary body gpuserve gets: a JSON header, then the tensor's bytes. Read into an array, sent back.
+        body = await request.read()
+        size = int(request.headers["Inference-Header-Content-Length"])
+        [given] = orjson.loads(body[:size])["inputs"]
+        array = numpy.frombuffer(body, dtype=numpy.float32, offset=size).reshape(given["shape"])
+        return web.Response(body=array.tobytes(), content_type="application/octet-stream")
+
     async def readyz(_: web.Request) -> web.Response:
         return _json({"status": "ready"})
 
@@ -122,6 +130,7 @@ def create_app() -> web.Application:
     app.router.add_post("/echo", echo)
     app.router.add_post("/predict", predict)
     app.router.add_post("/predict_batched", predict_batched)
+    app.router.add_post("/image", image)
     app.router.add_get("/readyz", readyz)
     return app
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import attrs
 
-SCENARIOS = ("device", "serve", "baseline", "scaling", "hotpath", "chaos")
+SCENARIOS = ("device", "serve", "baseline", "v2", "scaling", "hotpath", "resnet", "chaos")
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 256)
+RESNET_BATCH = 32  # the `resnet` scenario's batch size, served (max_batch_size) and offline
 
 
 @attrs.frozen
@@ -24,6 +25,7 @@ class RunConfig:
     loadgen: str = "auto"  # "wrk", "python" or "auto" (wrk when installed)
     quick: bool = False
     out: Path = Path("benchmarks/results")
+    triton_python: str | None = None  # v2 scenario: an interpreter with nvidia-pytriton, for the Triton baseline
     faults: tuple[str, ...] | None = None  # chaos scenario: None means every fault
 
     @classmethod

@@ -28,7 +28,7 @@ WARMUP_ITERATIONS = 3
 
 def plan(config: RunConfig) -> tuple[list[tuple[str, list[str]]], list[dict[str, str]]]:
     """(backend, device labels) to measure, and the backends skipped with why."""
-    gpus = discover(os.environ).devices
+    gpus = discover(os.environ).enumerated  # what one process can use: the child measures them all
     runs: list[tuple[str, list[str]]] = []
     skipped: list[dict[str, str]] = []
     for entry in installed_backends():
@@ -78,7 +78,7 @@ def _device(label: str) -> Device:
     kind, _, index = label.partition(":")
     if kind == "cpu":
         return Device.cpu(int(index or 0))
-    for device in discover(os.environ).devices:
+    for device in discover(os.environ).enumerated:
         if device.label == label:
             return device
     raise SystemExit(f"no device {label} visible here")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-from gpuserve.plugin import discover
+from gpuserve.plugin import discover, nvidia_driver_versions
 
 from benchmarks import ROOT
 
@@ -37,13 +37,13 @@ def collect(env: Mapping[str, str], loadgen: str) -> dict[str, Any]:
         },
         "gpus": [
             {"index": d.index, "label": d.label, "name": d.name, "uuid": d.uuid,
-             "memory_total_bytes": d.memory_total, "pci_bus_id": d.pci_bus_id}
+             "memory_total_bytes": d.memory_total, "pci_bus_id": d.pci_bus_id, "enumerated": d.enumerated}
             for d in inventory.devices
         ],
         "gpu_source": inventory.source,
         "no_gpu_reason": inventory.reason,
         "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-        "driver": _driver(),
+        "driver": nvidia_driver_versions(),
         "event_loop": _event_loop(),
         "loadgen": loadgen,
         "packages": {name: _version(name) for name in PACKAGES if _version(name) is not None},
@@ -67,25 +67,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _driver() -> dict[str, Any] | None:
-    """The NVIDIA driver and the CUDA version it supports, from NVML; None without one."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no library, no driver: no GPU to describe
-        return None
-    try:
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
-        version = pynvml.nvmlSystemGetDriverVersion()
-        return {
-            "version": version.decode() if isinstance(version, bytes) else version,
-            "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}",
-        }
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def _event_loop() -> str:

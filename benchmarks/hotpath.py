@@ -185,7 +185,7 @@ async def _async_rows(items: int) -> list[dict[str, Any]]:
     rows = await _floors(items)
     rows += await _handler_rows("raw aiohttp echo handler", baseline.echo, items)
     deployment = prepare(spec_of(Echo), Settings(), dict(os.environ))
-    inline = InlineExecutor(deployment.spec, deployment.backend, deployment.placements()[0])
+    inline = InlineExecutor(deployment.spec, deployment.backend, deployment.kind.placements()[0])
     rows += await _served(deployment, [inline], ON_LOOP, items)
     rows += await _served(deployment, deployment.executors(), "thread executor", items // 4)
     return rows

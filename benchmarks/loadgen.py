@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import attrs
@@ -31,8 +32,10 @@ from gpuserve.eventloop import new_event_loop
 _WRK_MARK = "BENCH_JSON "
 _WRK_SCRIPT = """\
 wrk.method = "POST"
-wrk.body = [==[{body}]==]
-wrk.headers["Content-Type"] = "application/json"
+local file = assert(io.open([==[{body_path}]==], "rb"))
+wrk.body = file:read("*a")
+file:close()
+{headers}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -78,15 +81,26 @@ def tool_version(tool: str) -> str:
     return (done.stdout or done.stderr).splitlines()[0].strip()
 
 
-def measure(tool: str, url: str, body: bytes, concurrency: int, duration_s: float) -> Load:
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def measure(tool: str, url: str, body: bytes, concurrency: int, duration_s: float,
+            headers: Mapping[str, str] = JSON_HEADERS) -> Load:
+    """Load `url` with POSTs of `body` (any bytes) and `headers` for `duration_s` seconds."""
     run = _wrk if tool == "wrk" else _python
-    return run(url, body, concurrency, duration_s)
+    with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as body_file:
+        body_file.write(body)
+    try:
+        return run(url, body_file.name, headers, concurrency, duration_s)
+    finally:
+        os.unlink(body_file.name)
 
 
-def _wrk(url: str, body: bytes, concurrency: int, duration_s: float) -> Load:
+def _wrk(url: str, body_path: str, headers: Mapping[str, str], concurrency: int, duration_s: float) -> Load:
     seconds = max(1, round(duration_s))  # wrk takes whole seconds
+    lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT.format(body=body.decode(), mark=_WRK_MARK))
+        script.write(_WRK_SCRIPT.format(body_path=body_path, headers=lines, mark=_WRK_MARK))
     try:
         # One thread: the load generator should not take more than one core.
         done = subprocess.run(
@@ -102,10 +116,11 @@ def _wrk(url: str, body: bytes, concurrency: int, duration_s: float) -> Load:
     return _load("wrk", concurrency, raw)
 
 
-def _python(url: str, body: bytes, concurrency: int, duration_s: float) -> Load:
+def _python(url: str, body_path: str, headers: Mapping[str, str], concurrency: int, duration_s: float) -> Load:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.loadgen", url, "--concurrency", str(concurrency),
-         "--duration", str(duration_s), "--body", body.decode()],
+         "--duration", str(duration_s), "--body-file", body_path,
+         *(f"--header={name}: {value}" for name, value in headers.items())],
         capture_output=True, text=True, check=False, timeout=duration_s + 60,
     )
     if done.returncode != 0:
@@ -207,12 +222,13 @@ def _content_length(head: bytes) -> int:
     return int(head[start:stop if stop >= 0 else len(head)])
 
 
-async def _drive(url: str, body: bytes, concurrency: int, duration_s: float) -> dict[str, float]:
+async def _drive(url: str, body: bytes, headers: list[str], concurrency: int, duration_s: float) -> dict[str, float]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    extra = "".join(f"{header}\r\n" for header in headers)
     request = (
         f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
@@ -246,11 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("url")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--duration", type=float, default=5.0)
-    p.add_argument("--body", default="{}")
+    p.add_argument("--body-file", required=True, help="the request body, as bytes")
+    p.add_argument("--header", action="append", default=[], metavar="NAME: VALUE")
     args = p.parse_args(argv)
+    with open(args.body_file, "rb") as f:
+        body = f.read()
     loop = new_event_loop()
     try:
-        result = loop.run_until_complete(_drive(args.url, args.body.encode(), args.concurrency, args.duration))
+        result = loop.run_until_complete(_drive(args.url, body, args.header, args.concurrency, args.duration))
     finally:
         loop.close()
     print(json.dumps(result))

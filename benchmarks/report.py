@@ -15,6 +15,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.config import RESNET_BATCH  # noqa: E402
 from benchmarks.serve import BASELINE_OF  # noqa: E402
 
 TARGET_CONCURRENCY = 64
@@ -40,7 +41,7 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             "concurrency": row["concurrency"],
             "rps": row["rps"],
             "baseline_rps": base["rps"],
-            "rps_ratio": _paired_ratio(row, base),
+            "rps_ratio": paired_ratio(row, base),
             "p50_ms": row["p50_ms"],
             "p99_ms": row["p99_ms"],
             "baseline_p50_ms": base["p50_ms"],
@@ -70,10 +71,23 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
     row = serve.get((MLP_TARGET, TARGET_CONCURRENCY))
     checks.append(_check(f"batched MLP (isolation=process) p99 / p50, {TARGET_CONCURRENCY} clients",
                          row and _tail_ratio(row), "<=", 2.0))
+    kinds = results.get("scaling_kinds")
+    checks.append(_check(f"Ray actor / worker process req/s, one replica of the batched MLP on one node, "
+                         f"{TARGET_CONCURRENCY} clients", kinds.get("rps_ratio") if isinstance(kinds, dict) else None,
+                         ">=", 0.7))
+    v2 = results.get("v2")
+    image = [r for r in (v2.get("ratios") or []) if r["workload"] == "image_v2" and r["concurrency"] == TARGET_CONCURRENCY] \
+        if isinstance(v2, dict) else []
+    checks.append(_check(f"v2 binary 224x224x3 FP32 image req/s / raw aiohttp handler req/s, {TARGET_CONCURRENCY} clients",
+                         image[0]["rps_ratio"] if image else None, ">=", 0.9))
     hot = [r for r in results.get("hotpath") or [] if isinstance(r, dict) and r.get("step") == BATCHER_STEP]
     value = max((r["overhead_us_per_item"] for r in hot if r["clients"] == TARGET_CONCURRENCY), default=None)
     checks.append(_check(f"batcher overhead per item, in-process, {TARGET_CONCURRENCY} clients (us)",
                          value, "<=", 20.0))
+    net = results.get("resnet")
+    measured = net.get("ratio") if isinstance(net, dict) else None
+    checks.append(_check(f"ResNet-50 (fp16 on GPUs) served items/s / offline items/s, batch {RESNET_BATCH}",
+                         measured, ">=", 0.9))
     return checks + _chaos_targets(_rows(results, "chaos"))
 
 
@@ -107,7 +121,7 @@ def _check(name: str, value: float | None, op: str, limit: float) -> dict[str, A
     return {"target": name, "value": value, "op": op, "limit": limit, "met": met}
 
 
-def _paired_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
+def paired_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
     """Median of round-by-round ratios: each round's two figures were taken seconds apart,
     so a neighbour's burst of load falls on both; falls back to the ratio of medians."""
     pairs = [_ratio(a["rps"], b["rps"]) for a, b in zip(row["rounds"], base["rounds"])]
@@ -292,6 +306,32 @@ def summary(document: dict[str, Any]) -> str:
         parts.append(_table(["executors", "layout", "clients", "req/s", "p50 ms", "p99 ms", "mean batch"],
                             [[r["executors"], r["layout"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"],
                               r["mean_batch"]] for r in _rows(results, "scaling")]))
+    kinds = results.get("scaling_kinds")
+    if isinstance(kinds, dict) and kinds.get("rows"):
+        parts.append(f"scaling: batched MLP, one replica as a Ray actor and as a worker process; Ray / process "
+                     f"req/s {_cell(kinds['rps_ratio'])}, Ray's extra overhead per batch "
+                     f"{_cell(kinds['extra_overhead_us_per_batch'])} us")
+        parts.append(_table(["executors", "clients", "req/s", "p50 ms", "p99 ms", "mean batch", "batch turn us",
+                             "exec us", "overhead us"],
+                            [[r["executors"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["mean_batch"],
+                              r["batch_turn_us"], r["exec_us_per_batch"], r["overhead_us_per_batch"]]
+                             for r in kinds["rows"]]))
+    v2 = results.get("v2")
+    if isinstance(v2, dict) and v2.get("ratios"):
+        parts.append("v2 protocol, same run: each gpuserve workload against what it is compared with"
+                     + ("" if v2.get("triton") else " (no Triton: pass --triton-python for that baseline)"))
+        parts.append(_table(["workload", "against", "clients", "req/s", "its req/s", "ratio", "p50 ms", "p99 ms",
+                             "its p50", "its p99", "errors"],
+                            [[r["workload"], r["against"], r["concurrency"], r["rps"], r["against_rps"], r["rps_ratio"],
+                              r["p50_ms"], r["p99_ms"], r["against_p50_ms"], r["against_p99_ms"], r["errors"]]
+                             for r in v2["ratios"]]))
+    net = results.get("resnet")
+    if isinstance(net, dict) and "ratio" in net:
+        parts.append(f"resnet: ResNet-50, {net['dtype']}, {net['image_size']}x{net['image_size']} images, batch "
+                     f"{net['batch_size']}, {net['clients']} clients, on {net['device']}")
+        parts.append(_table(["offline items/s", "served items/s", "ratio", "mean batch", "p50 ms", "p99 ms", "errors"],
+                            [[net["offline_items_per_s"], net["served_items_per_s"], net["ratio"], net["mean_batch"],
+                              net["p50_ms"], net["p99_ms"], net["errors"]]]))
     if _rows(results, "hotpath"):
         parts.append("hot path, in-process (best of repeats)")
         parts.append(_table(["step", "clients", "us/item", "over floor"],

@@ -33,6 +33,8 @@ class Target:
     server: str
     path: str
     body: bytes = BODY  # batchable APIs take a list of rows: ROWS_BODY
+    headers: tuple[tuple[str, str], ...] = tuple(loadgen.JSON_HEADERS.items())
+    api: str | None = None  # the API whose /stats count its batches (default: the path's)
 
 
 GPUSERVE = (
@@ -84,23 +86,10 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
     chosen = targets(config)
     tool = loadgen.choose_tool(config.loadgen)
     needed = sorted({t.server for t in chosen})
-    rounds: dict[tuple[Target, int], list[dict[str, Any]]] = {}
     with running([(name, COMMANDS[name]) for name in needed], log_dir) as servers:
         for target in chosen:
             check(servers[target.server], target)
-        for concurrency in config.concurrency:
-            if config.warmup_s > 0:
-                for target in chosen:
-                    loadgen.measure(tool, servers[target.server].url + target.path, target.body, concurrency,
-                                    config.warmup_s)
-                    progress(1)
-            for number in range(config.rounds):
-                # Every other round in reverse: whoever goes first after a pause,
-                # or right after a neighbour's burst, is not always the same.
-                for target in chosen if number % 2 == 0 else chosen[::-1]:
-                    point = measure(tool, servers[target.server], target, concurrency, config.round_s)
-                    rounds.setdefault((target, concurrency), []).append(point)
-                    progress(1)
+        rounds = take_turns(chosen, servers, tool, config, progress)
     results: dict[str, list[dict[str, Any]]] = {"serve": [], "baseline": []}
     for (target, concurrency), measured in rounds.items():
         side = "serve" if target.side == "gpuserve" else "baseline"
@@ -108,18 +97,36 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
     return results
 
 
+def take_turns(chosen: Sequence[Target], servers: dict[str, Server], tool: str, config: RunConfig,
+               progress: Callable[[int], None]) -> dict[tuple[Target, int], list[dict[str, Any]]]:
+    """Each target's points per concurrency: a warm-up, then rounds in which every target takes its turn."""
+    rounds: dict[tuple[Target, int], list[dict[str, Any]]] = {}
+    for concurrency in config.concurrency:
+        if config.warmup_s > 0:
+            for target in chosen:
+                measure(tool, servers[target.server], target, concurrency, config.warmup_s)
+                progress(1)
+        for number in range(config.rounds):
+            # Every other round in reverse: whoever goes first after a pause,
+            # or right after a neighbour's burst, is not always the same.
+            for target in chosen if number % 2 == 0 else chosen[::-1]:
+                point = measure(tool, servers[target.server], target, concurrency, config.round_s)
+                rounds.setdefault((target, concurrency), []).append(point)
+                progress(1)
+    return rounds
+
+
 def check(server: Server, target: Target) -> None:
     """One request first: a benchmark of error answers would be worthless."""
-    request = urllib.request.Request(server.url + target.path, data=target.body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(server.url + target.path, data=target.body, headers=dict(target.headers))
     with urllib.request.urlopen(request, timeout=30) as answer:
-        json.loads(answer.read())
+        answer.read()
 
 
 def measure(tool: str, server: Server, target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
     batches_before = batch_sizes(server, target)
     cpu_before = server.cpu_seconds()
-    load = loadgen.measure(tool, server.url + target.path, target.body, concurrency, seconds)
+    load = loadgen.measure(tool, server.url + target.path, target.body, concurrency, seconds, dict(target.headers))
     cpu_after = server.cpu_seconds()
     point = attrs.asdict(load)
     known = cpu_before is not None and cpu_after is not None
@@ -135,7 +142,7 @@ def batch_sizes(server: Server, target: Target) -> Counter[int]:
         return Counter()
     with urllib.request.urlopen(server.url + "/stats", timeout=10) as answer:
         stats = json.loads(answer.read())
-    sizes = stats.get(target.path.lstrip("/"), {}).get("batch_sizes", {})
+    sizes = stats.get(target.api or target.path.lstrip("/"), {}).get("batch_sizes", {})
     return Counter({int(size): count for size, count in sizes.items()})
 
 

@@ -138,14 +138,19 @@ def launch(name: str, command: Sequence[str], log_dir: Path, env: Mapping[str, s
 
 
 @contextlib.contextmanager
-def running(servers: Sequence[tuple[str, Sequence[str]]], log_dir: Path) -> Iterator[dict[str, Server]]:
-    """Start every server at once (their imports overlap), wait for all, stop all at the end."""
+def running(servers: Sequence[tuple[str, Sequence[str]]], log_dir: Path,
+            env: Mapping[str, str] | None = None,
+            ready_paths: Mapping[str, str] | None = None) -> Iterator[dict[str, Server]]:
+    """Start every server at once (their imports overlap), wait for all, stop all at the end.
+
+    A server is ready when its `ready_paths[name]` (default `/readyz`) answers 200.
+    """
     started: dict[str, Server] = {}
     try:
         for name, command in servers:
-            started[name] = launch(name, command, log_dir)
-        for server in started.values():
-            server.wait_ready()
+            started[name] = launch(name, command, log_dir, env)
+        for name, server in started.items():
+            server.wait_ready((ready_paths or {}).get(name, "/readyz"))
         yield started
     finally:
         for server in started.values():

@@ -44,6 +44,21 @@ class MemoryInfo:
     total: int
 
 
+@attrs.frozen
+class ImageRequirements:
+    """What a container image installs for a backend's framework (`gpuserve build` pins the rest).
+
+    `requirements` are requirement lines ("torch==2.13.0+cu128"); `index_urls`
+    the package indexes they come from, beside the default one; `replaces` the
+    distributions installed here that these lines stand for: their own
+    dependencies are pinned at the versions installed here, they are not.
+    """
+
+    requirements: tuple[str, ...] = ()
+    index_urls: tuple[str, ...] = ()
+    replaces: tuple[str, ...] = ()
+
+
 def host_memory() -> MemoryInfo:
     """This process's resident memory against the machine's RAM."""
     page = os.sysconf("SC_PAGE_SIZE")
@@ -65,18 +80,41 @@ class Backend:
       `name`       the entry-point name users pass to `--backend`;
       `priority`   higher wins when several viable backends are installed;
       `uses_gpus`  False for a backend that only ever runs on the CPU;
-      `auto_select` False for a backend used only when named (`--backend`).
+      `auto_select` False for a backend used only when named (`--backend`);
+      `serves_fake_gpus` True for a backend that runs on the simulated GPUs
+                   of a fake inventory (`GPUSERVE_FAKE_GPUS`): with that
+                   variable set, only such a backend is chosen for a GPU plan.
     """
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 0
     uses_gpus: ClassVar[bool] = True
     auto_select: ClassVar[bool] = True
+    serves_fake_gpus: ClassVar[bool] = False
 
     @classmethod
     def viable(cls) -> Viability:
         """Cheap check (imports at most; never initialises a device)."""
         return Viability.yes()
+
+    # -- container images (`gpuserve build`); package metadata only, never the framework --
+    @classmethod
+    def cuda_build(cls) -> str | None:
+        """The CUDA version the installed framework was built for ("12.8"; "12" where any 12.x fits).
+
+        None for a CPU build, or when the backend cannot tell: a GPU image then
+        needs its CUDA version given (`gpuserve build --cuda`).
+        """
+        return None
+
+    @classmethod
+    def image_requirements(cls, cuda: str | None) -> ImageRequirements:
+        """What an image installs for the framework: its build for CUDA `cuda`, or for the CPU when None.
+
+        The default: nothing beyond the backend distribution's own
+        dependencies, whatever build of the framework they bring.
+        """
+        return ImageRequirements()
 
     # -- discovery and visibility -------------------------------------------------
     def devices(self) -> list[Device]:

@@ -1,20 +1,26 @@
-"""From a declared service to what will run: backend, plan, visibility, executors.
+"""From a declared service to what will run: backend, executor kind, plan, executors.
 
-Everything here happens before the server listens, so a plan that cannot fit
-or a missing backend stops the start with its error, not the first request.
+Everything here happens before the server listens, so a plan that cannot fit,
+a missing backend or an executor kind that is not installed stops the start
+with its error, not the first request. The local kinds (`thread`, `process`)
+live here: they plan on this machine's devices and narrow its visibility.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping
+from typing import ClassVar
 
 import attrs
 
 from gpuserve.backend import Backend
-from gpuserve.devices import discover
+from gpuserve.devices import FAKE_GPUS_ENV, Device, discover, warn_once
+from gpuserve.devices.container import in_container
 from gpuserve.devices.driver import cuda_initialized_here
+from gpuserve.errors import BackendError, DeclarationError, PlanError
 from gpuserve.executors import Executor, Placement, ProcessExecutor, ThreadExecutor
+from gpuserve.executors.kind import ExecutorKind, Target, load_kind
 from gpuserve.planner import Plan, plan
 from gpuserve.registry import BackendEntry, default_registry
 from gpuserve.service import Isolation, ServiceSpec
@@ -28,25 +34,61 @@ class Deployment:
     spec: ServiceSpec
     settings: Settings
     backend: Backend
-    plan: Plan  # ordinals as the server process sees them after narrowing
-    isolation: Isolation
-    service_ref: str
-    base_env: Mapping[str, str]
+    kind: ExecutorKind  # where the replicas run; it made the plan
+    base_env: Mapping[str, str]  # this process's environment before any narrowing
+
+    def executors(self) -> list[Executor]:
+        return self.kind.executors()
+
+    def close(self) -> None:
+        """Release what the executor kind holds; after every executor has stopped."""
+        self.kind.close()
+
+
+class LocalKind(ExecutorKind):
+    """Replicas on this machine, planned on its devices: threads of the server, or processes.
+
+    In thread isolation the server narrows its own `CUDA_VISIBLE_DEVICES` to the
+    planned devices (in the target's environment, normally `os.environ`) before
+    any framework initialises, so `cuda:0..k-1` are exactly the planned GPUs. In
+    process isolation each child gets its own narrowed environment instead.
+    """
+
+    isolation: ClassVar[Isolation | None] = None  # None: the declared one, else chosen by the plan
+
+    def plan(self) -> list[str]:
+        target = self.target
+        the_plan = local_plan(target.spec, target.settings, target.backend, target.environ)
+        refuse_fake_gpus(target.backend, the_plan, target.environ)
+        if the_plan.fallback_reason:
+            log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
+        declared = self.isolation or target.settings.isolation or target.spec.isolation
+        self.chosen = choose_isolation(declared, the_plan)
+        self.base_env = dict(target.environ)
+        lines = [f"isolation {self.chosen.value}", *the_plan.describe()]  # ordinals as the user's environment has them
+        if self.chosen is Isolation.THREAD:
+            the_plan = _narrow_this_process(the_plan, target.environ)
+            target.backend.limit_visibility(the_plan.gpu_union())
+        self.the_plan = the_plan  # ordinals as this process sees them after narrowing
+        return lines
+
+    def local_gpus(self) -> tuple[Device, ...]:
+        return self.the_plan.gpu_union()
 
     def placements(self) -> list[Placement]:
-        instances = self.settings.instances_per_device
+        instances = self.target.settings.instances_per_device
         # Frameworks cap GPU memory per process. Thread replicas share the server
         # process, so its cap on a device is the sum of its workers' shares; a
         # worker's instances split that worker's share.
         shared: dict[str, float] = {}
-        for worker in self.plan.workers:
+        for worker in self.the_plan.workers:
             if worker.memory_fraction is not None:
                 uuid = worker.devices[0].uuid
                 shared[uuid] = min(shared.get(uuid, 0.0) + worker.memory_fraction, 1.0)
         placements = []
-        for worker in self.plan.workers:
+        for worker in self.the_plan.workers:
             fraction = worker.memory_fraction
-            if fraction is not None and self.isolation is Isolation.THREAD:
+            if fraction is not None and self.chosen is Isolation.THREAD:
                 fraction = shared[worker.devices[0].uuid]
             elif fraction is not None:
                 fraction = fraction / instances
@@ -57,59 +99,98 @@ class Deployment:
         return placements
 
     def executors(self) -> list[Executor]:
-        if self.isolation is Isolation.PROCESS:
+        spec, backend = self.target.spec, self.target.backend
+        if self.chosen is Isolation.PROCESS:
             return [
-                ProcessExecutor(self.spec, self.backend, p, service_ref=self.service_ref, base_env=self.base_env)
+                ProcessExecutor(spec, backend, p, service_ref=self.target.service_ref, base_env=self.base_env)
                 for p in self.placements()
             ]
-        return [ThreadExecutor(self.spec, self.backend, p) for p in self.placements()]
+        return [ThreadExecutor(spec, backend, p) for p in self.placements()]
+
+
+class ThreadKind(LocalKind):
+    """`--executors thread`: each replica a thread of the server process."""
+
+    name = "thread"
+    isolation = Isolation.THREAD
+
+
+class ProcessKind(LocalKind):
+    """`--executors process`: each replica a process that sees only its own GPUs."""
+
+    name = "process"
+    isolation = Isolation.PROCESS
 
 
 def service_ref_of(spec: ServiceSpec) -> str:
     return f"{spec.cls.__module__}:{spec.cls.__qualname__}"
 
 
-def plan_service(
-    spec: ServiceSpec, settings: Settings, environ: Mapping[str, str]
-) -> tuple[BackendEntry, Backend, Plan]:
-    """The backend `serve` would use and the plan it would follow (`gpuserve plan` shows it)."""
-    entry = default_registry().choose(settings.backend, spec.backend)
+def choose_backend(spec: ServiceSpec, settings: Settings, environ: Mapping[str, str]) -> tuple[BackendEntry, Backend]:
+    entry = default_registry().choose(settings.backend, spec.backend, fake_gpus=bool(environ.get(FAKE_GPUS_ENV)))
     assert entry.cls is not None
-    backend = entry.cls()
-    the_plan = plan(
+    return entry, entry.cls()
+
+
+def local_plan(spec: ServiceSpec, settings: Settings, backend: Backend, environ: Mapping[str, str]) -> Plan:
+    """The plan on this machine's devices (the inventory under `environ`)."""
+    seen = in_container(discover(environ), environ)  # in a container, an empty inventory says why
+    warn_once(seen.inventory)
+    if seen.note:
+        log.log(logging.WARNING if seen.ignored else logging.INFO, "%s", seen.note)
+    return plan(
         spec.resources,
         settings.workers or spec.workers,
-        discover(environ),
+        seen.inventory,
         require_gpu=settings.require_gpu,
         cpu_devices=settings.cpu_devices,
         gpu_capable=backend.uses_gpus,
-        gpu_incapable_reason=f"backend {entry.name!r} runs on the CPU only",
+        gpu_incapable_reason=f"backend {backend.name!r} runs on the CPU only",
     )
-    return entry, backend, the_plan
+
+
+def plan_service(
+    spec: ServiceSpec, settings: Settings, environ: Mapping[str, str]
+) -> tuple[BackendEntry, Backend, Plan]:
+    """The backend `serve` would use and the plan it would follow on this machine (`gpuserve plan` shows it)."""
+    entry, backend = choose_backend(spec, settings, environ)
+    return entry, backend, local_plan(spec, settings, backend, environ)
+
+
+def kind_of(spec: ServiceSpec, settings: Settings) -> type[ExecutorKind]:
+    """The executor kind `--executors` names, else the one `--isolation` names, else the local kind."""
+    name, isolation = settings.executors, settings.isolation
+    if name and isolation and name != isolation.value:
+        raise DeclarationError(
+            f"--executors {name} and --isolation {isolation.value} disagree: give one of them "
+            f"(--isolation chooses between the local kinds thread and process)"
+        )
+    name = name or (isolation.value if isolation else None)
+    return load_kind(name) if name else LocalKind
 
 
 def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, str]) -> Deployment:
-    """Choose the backend, plan the devices and narrow this process's visibility.
-
-    In thread isolation the server narrows its own `CUDA_VISIBLE_DEVICES` to the
-    planned devices (in `environ`, normally `os.environ`) before any framework
-    initialises, so `cuda:0..k-1` are exactly the planned GPUs. In process
-    isolation each child gets its own narrowed environment instead.
-    """
-    entry, backend, the_plan = plan_service(spec, settings, environ)
-    if the_plan.fallback_reason:
-        log.warning("Serving on the CPU: %s", the_plan.fallback_reason)
-    isolation = choose_isolation(settings.isolation or spec.isolation, the_plan)
-    # Ordinals as in the user's own environment, as `gpuserve plan` shows them.
-    log.info("backend %s (%s %s), isolation %s; plan:", entry.name, entry.distribution, entry.version,
-             isolation.value)
-    for line in the_plan.describe():
-        log.info("  %s", line)
+    """Choose the backend and the executor kind, and plan the replicas (the kind may narrow `environ`)."""
+    entry, backend = choose_backend(spec, settings, environ)
     base_env = dict(environ)
-    if isolation is Isolation.THREAD:
-        the_plan = _narrow_this_process(the_plan, environ)
-        backend.limit_visibility(the_plan.gpu_union())
-    return Deployment(spec, settings, backend, the_plan, isolation, service_ref_of(spec), base_env)
+    kind = kind_of(spec, settings)(Target(spec, service_ref_of(spec), backend, settings, environ))
+    lines = kind.plan()
+    log.info("backend %s (%s %s), %s executors; plan:", entry.name, entry.distribution, entry.version,
+             kind.name or "local")
+    for line in lines:
+        log.info("  %s", line)
+    return Deployment(spec, settings, backend, kind, base_env)
+
+
+def refuse_fake_gpus(backend: Backend, the_plan: Plan, environ: Mapping[str, str]) -> None:
+    """A framework's backend on simulated GPUs would fail in the framework: say so, with the way out."""
+    fake = environ.get(FAKE_GPUS_ENV)
+    if fake and the_plan.gpu_union() and not backend.serves_fake_gpus:
+        raise BackendError(
+            f"the plan puts workers on the simulated GPUs of {FAKE_GPUS_ENV}={fake}, which backend "
+            f"{backend.name!r} cannot run on: serve with --backend fake-gpu, or unset {FAKE_GPUS_ENV} "
+            "to serve on this machine's own devices"
+        )
 
 
 def shares_a_gpu(the_plan: Plan) -> bool:
@@ -119,13 +200,19 @@ def shares_a_gpu(the_plan: Plan) -> bool:
 
 
 def choose_isolation(declared: Isolation | None, the_plan: Plan) -> Isolation:
-    """The declared isolation, else threads, unless fractional workers share a GPU.
+    """The declared isolation, else threads, unless fractional workers share a GPU or MIG forbids.
 
     Frameworks cap GPU memory per process: two thread replicas at 0.5 would
-    share one process cap, so by default such workers run as processes.
+    share one process cap, so by default such workers run as processes. One
+    process enumerates one MIG device and nothing beside it, so threads, which
+    all live in the server process, cannot hold a MIG device and another.
     """
+    mig = the_plan.one_process_problem()
+    if mig is not None and declared is Isolation.THREAD:
+        raise PlanError(f"isolation='thread' puts every worker in the server process, but {mig}; "
+                        "use isolation='process' (each worker then sees its own devices), or leave it unset")
     if declared is None:
-        return Isolation.PROCESS if shares_a_gpu(the_plan) else Isolation.THREAD
+        return Isolation.PROCESS if shares_a_gpu(the_plan) or mig is not None else Isolation.THREAD
     if declared is Isolation.THREAD and shares_a_gpu(the_plan):
         log.warning("isolation='thread' with fractional workers sharing a GPU: frameworks cap memory per "
                     "process, so these replicas share one cap (the sum of their shares); use "

@@ -157,7 +157,7 @@ def add_metrics_route(app: web.Application, state: "ServerState") -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServingCollector(state.batcher.read_stats))
     registry.register(ReplicaCollector(state))
-    planned = [d.uuid for d in state.deployment.plan.gpu_union()]
+    planned = [d.uuid for d in state.deployment.kind.local_gpus()]
     if planned:
         registry.register(GpuCollector(planned, state.deployment.base_env))
 

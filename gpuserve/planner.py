@@ -10,6 +10,11 @@ inherited `CUDA_VISIBLE_DEVICES`, so a device outside it is never used):
   each capped at f of the GPU's memory; a GPU is never overcommitted.
 - `gpu_type` keeps GPUs of that type; `gpu_memory` keeps GPUs with that much
   free (per worker), most free first.
+- A MIG device is the only device of its worker: one CUDA process enumerates
+  one MIG device and no plain GPU beside it (NVIDIA's MIG user guide, see
+  `gpuserve.devices.visibility`), so `gpu: N` with N >= 2 never takes one,
+  and a plan whose GPUs include a MIG device beside others runs its workers
+  as processes (`one_process_problem`).
 
 A plan that cannot fit raises `PlanError` saying what was asked, what exists
 and what to write instead. No usable GPU falls back to CPU with
@@ -24,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from gpuserve.devices import Device, Inventory
+from gpuserve.devices import MIG_GUIDE, Device, Inventory
 from gpuserve.errors import PlanError
 from gpuserve.resources import Resources, format_bytes, valid_gpu_types
 
@@ -66,13 +71,27 @@ class Plan:
         )
         return attrs.evolve(self, workers=workers), ",".join(d.uuid for d in union)
 
+    def one_process_problem(self) -> str | None:
+        """Why one process cannot hold every planned GPU (threads need that), or None when it can."""
+        union = self.gpu_union()
+        migs = [d for d in union if d.is_mig]
+        if not migs or len(union) == 1:
+            return None
+        return (
+            f"the plan's {len(union)} GPUs include MIG device(s) {', '.join(d.uuid for d in migs)}, and one "
+            f"CUDA process enumerates a single MIG device and no other device beside it ({MIG_GUIDE})"
+        )
+
     def describe(self) -> list[str]:
-        """One line per worker, for the startup log."""
+        """One line per worker, for the startup log.
+
+        A GPU shows its ordinal in this environment; one that this process does
+        not enumerate (MIG) shows none: the worker's process, or the server
+        narrowed to the plan's GPUs, numbers its devices from `cuda:0`.
+        """
         lines = []
         for worker in self.workers:
-            devices = ", ".join(
-                f"{d.label} {d.name} ({d.uuid})" if d.is_gpu else d.label for d in worker.devices
-            )
+            devices = ", ".join(d.described for d in worker.devices)
             cap = f", memory cap {format_bytes(worker.memory_limit)}" if worker.memory_limit else ""
             lines.append(f"worker {worker.index}: {devices}{cap}")
         return lines
@@ -83,7 +102,8 @@ class Plan:
                 {
                     "index": worker.index,
                     "devices": [
-                        {"index": d.index, "uuid": d.uuid, "name": d.name, "kind": d.kind}
+                        {"index": d.index, "uuid": d.uuid, "name": d.name, "kind": d.kind,
+                         "mig": d.is_mig, "enumerated": d.enumerated}
                         for d in worker.devices
                     ],
                     "memory_limit": worker.memory_limit,
@@ -149,7 +169,9 @@ def _usable(resources: Resources, inventory: Inventory) -> tuple[list[Device], d
     for device in inventory.devices:
         if not device.is_gpu:
             continue
-        if not resources.matches(device.name):
+        if device.is_mig and resources.gpu >= 2:
+            why_not[device.index] = "a MIG device, which a worker can only have alone"
+        elif not resources.matches(device.name):
             why_not[device.index] = f"not {resources.gpu_type}"
         elif resources.gpu_memory is not None and device.memory_free < resources.gpu_memory:
             why_not[device.index] = f"less than {format_bytes(resources.gpu_memory)} free"
@@ -241,9 +263,11 @@ def _cannot_fit(
     for device in inventory.devices:
         note = f"  [{why_not[device.index]}]" if device.index in why_not else ""
         lines.append(
-            f"  {device.label} {device.name} ({device.uuid}): "
+            f"  {device.described}: "
             f"{format_bytes(device.memory_free)} free of {format_bytes(device.memory_total)}{note}"
         )
+    if inventory.cut_short:
+        lines.append(f"Note: {inventory.cut_short}.")
     alternatives = _alternatives(resources, workers, inventory, usable)
     lines.append(f"Write instead one of: {'; '.join(alternatives)}")
     return "\n".join(lines)

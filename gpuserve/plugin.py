@@ -12,30 +12,56 @@ What is here:
 - **Writing a backend** (`gpuserve.backends` entry points): `Backend`, its
   answers `Viability` and `MemoryInfo`, `host_memory()`, and `CpuBackend` to
   build a CPU-only backend on.
+- **Container images** (`gpuserve build`): `ImageRequirements`, what
+  `Backend.image_requirements()` answers, and `cuda_runtime_pinned_by()`,
+  the CUDA version an installed distribution pins through NVIDIA's runtime
+  wheel.
 - **Devices**: `Device` (one GPU, MIG instance or virtual CPU device, as a
   frozen fact), `discover(env)` and its `Inventory`, `FAKE_GPUS_ENV` (the
   fake inventory's variable), UUID spelling (`format_uuid`, `uuid_key`,
-  `same_device`), and the CUDA driver without any framework
-  (`cuda_driver_problem`, `cuda_device_uuid`).
+  `same_device`), the CUDA driver without any framework
+  (`cuda_driver_problem`, `cuda_device_uuid`), and the NVIDIA driver's and
+  its CUDA's versions (`nvidia_driver_versions`).
 - **Inside a replica**: `context()` and `ReplicaContext`.
+- **Writing an executor kind** (`gpuserve.executors` entry points, chosen
+  with `--executors NAME`): `ExecutorKind` and the `Target` it is given (the
+  service's `ServiceSpec` with its `Resources`, the backend, the `Settings`),
+  `Executor` (what the pool drives: `start`, `alive`, `run`, `restart`,
+  `stop`, within `STOP_GRACE_S` unless told otherwise), `Placement`,
+  `BatchResult`, `Failure`, `Encoder`, `ExecutorDied` (raise it when the
+  replica is lost), `PlanError` (the replicas cannot fit), `format_bytes`,
+  `valid_gpu_types()`;
+  and to host a replica in a process of yours: `import_service`,
+  `build_replica` and the `Replica` they build (`replica.run(api, items,
+  encoders)` runs one batch).
 - **Errors**: `GpuserveError`, `BackendError`, `CapabilityError` (a capability
   the framework lacks: raise it, never fall back to another device).
-- **Registration**: the entry-point groups `BACKENDS_GROUP` and
-  `PLUGINS_GROUP` (a `setup(app)` hook that receives the aiohttp application),
-  and `installed_backend(name)` / `installed_backends()` (`BackendEntry`) to
-  load them as the server does.
+- **Registration**: the entry-point groups `BACKENDS_GROUP`,
+  `EXECUTORS_GROUP` and `PLUGINS_GROUP` (a `setup(app)` hook that receives the
+  aiohttp application), and `installed_backend(name)` /
+  `installed_backends()` (`BackendEntry`) to load backends as the server does.
 """
 
 from __future__ import annotations
 
-from gpuserve.backend import Backend, MemoryInfo, Viability, host_memory
+from gpuserve.backend import Backend, ImageRequirements, MemoryInfo, Viability, host_memory
 from gpuserve.context import ReplicaContext, context
 from gpuserve.cpu_backend import CpuBackend
 from gpuserve.devices import FAKE_GPUS_ENV, Device, Inventory, discover
 from gpuserve.devices import libcuda as _libcuda
+from gpuserve.devices.nvml import driver_versions as nvidia_driver_versions
 from gpuserve.devices.uuids import format_uuid, same_device, uuid_key
-from gpuserve.errors import BackendError, CapabilityError, GpuserveError
+from gpuserve.distributions import cuda_runtime_pinned_by
+from gpuserve.errors import BackendError, CapabilityError, GpuserveError, PlanError
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement
+from gpuserve.executors.hosting import build_replica, import_service
+from gpuserve.executors.kind import EXECUTORS_GROUP, ExecutorKind, Target
+from gpuserve.executors.replica import Replica
+from gpuserve.outcomes import BatchResult, Encoder, Failure
 from gpuserve.registry import BACKENDS_GROUP, PLUGINS_GROUP, BackendEntry, installed_backend, installed_backends
+from gpuserve.resources import Resources, format_bytes, valid_gpu_types
+from gpuserve.service import ServiceSpec
+from gpuserve.settings import Settings
 
 
 def cuda_driver_problem() -> str | None:
@@ -54,27 +80,49 @@ def cuda_device_uuid(ordinal: int) -> bytes:
 
 __all__ = [
     "BACKENDS_GROUP",
+    "EXECUTORS_GROUP",
     "FAKE_GPUS_ENV",
     "PLUGINS_GROUP",
+    "STOP_GRACE_S",
     "Backend",
     "BackendEntry",
     "BackendError",
+    "BatchResult",
     "CapabilityError",
     "CpuBackend",
     "Device",
+    "Encoder",
+    "Executor",
+    "ExecutorDied",
+    "ExecutorKind",
+    "Failure",
     "GpuserveError",
+    "ImageRequirements",
     "Inventory",
     "MemoryInfo",
+    "Placement",
+    "PlanError",
+    "Replica",
     "ReplicaContext",
+    "Resources",
+    "ServiceSpec",
+    "Settings",
+    "Target",
     "Viability",
+    "build_replica",
     "context",
     "cuda_device_uuid",
     "cuda_driver_problem",
+    "cuda_runtime_pinned_by",
     "discover",
+    "format_bytes",
     "format_uuid",
     "host_memory",
+    "import_service",
     "installed_backend",
     "installed_backends",
+    "nvidia_driver_versions",
     "same_device",
     "uuid_key",
+    "valid_gpu_types",
 ]

@@ -130,6 +130,12 @@ class DevicePool:
         """Whether some replica can take work now (ready, or busy with a batch)."""
         return takes_work(self.health)
 
+    @property
+    def replacing(self) -> list[str]:
+        """The keys of replicas being rebuilt now (lost or stuck): they take no work until they are."""
+        return sorted(lease.key for lease in self._leases
+                      if lease.health.state in (ReplicaState.RESTARTING, ReplicaState.STUCK))
+
     def why_no_work(self) -> str:
         return f"no replica can take work ({not_taking_work(self.health)})"
 

@@ -13,6 +13,7 @@ from importlib.metadata import EntryPoint, entry_points
 import attrs
 
 from gpuserve.backend import Backend, Viability
+from gpuserve.devices import FAKE_GPUS_ENV
 from gpuserve.errors import BackendError
 
 BACKENDS_GROUP = "gpuserve.backends"  # name -> a Backend subclass
@@ -37,6 +38,10 @@ class BackendEntry:
     @property
     def auto_select(self) -> bool:
         return self.cls is not None and self.cls.auto_select
+
+    @property
+    def serves_fake_gpus(self) -> bool:
+        return self.cls is not None and self.cls.serves_fake_gpus
 
     def viability(self) -> Viability:
         if self.cls is None:
@@ -91,8 +96,14 @@ class Registry:
                 f"backend {name!r} is not installed; installed backends: {sorted(self._entries)}"
             ) from None
 
-    def choose(self, requested: str | None, service_default: str | None = None) -> BackendEntry:
-        """`requested` (CLI/env), else the service's `backend=`, else the best viable one."""
+    def choose(
+        self, requested: str | None, service_default: str | None = None, *, fake_gpus: bool = False
+    ) -> BackendEntry:
+        """`requested` (CLI/env), else the service's `backend=`, else the best viable one.
+
+        With `fake_gpus` (a fake inventory is set) the best viable one is the
+        best that serves fake GPUs: no framework can run on simulated devices.
+        """
         name = requested or service_default
         if name:
             entry = self.get(name)
@@ -102,12 +113,18 @@ class Registry:
             return entry
         reasons = []
         for entry in self.entries:
-            if not entry.auto_select:
+            if not (entry.serves_fake_gpus if fake_gpus else entry.auto_select):
                 continue
             viability = entry.viability()
             if viability.ok:
                 return entry
             reasons.append(f"{entry.name}: {viability.reason}")
+        if fake_gpus:
+            raise BackendError(
+                f"{FAKE_GPUS_ENV} is set, so the GPUs are simulated, and no installed backend serves on "
+                f"simulated GPUs{': ' if reasons else ''}{'; '.join(reasons)}; pip install gpuserve-fake-gpu "
+                f"(it is then chosen, as --backend fake-gpu), or unset {FAKE_GPUS_ENV}"
+            )
         raise BackendError("no usable backend; " + "; ".join(reasons or ["none installed"]))
 
 

@@ -18,6 +18,7 @@ from gpuserve.batching import Batcher
 from gpuserve.deployment import Deployment
 from gpuserve.metrics import add_metrics_route
 from gpuserve.pool import DevicePool
+from gpuserve.protocols.kserve_v2 import add_v2_routes
 from gpuserve.protocols.native import add_fallback_route, add_native_routes
 from gpuserve.protocols.openapi import add_openapi_routes
 from gpuserve.registry import PLUGINS_GROUP
@@ -46,6 +47,7 @@ def create_app(deployment: Deployment) -> web.Application:
     app.cleanup_ctx.append(lifecycle.replicas)
     add_native_routes(app, app[STATE])
     add_openapi_routes(app, app[STATE])
+    add_v2_routes(app, app[STATE])
     add_metrics_route(app, app[STATE])
     _load_plugins(app)
     add_fallback_route(app, app[STATE])

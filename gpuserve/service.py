@@ -16,7 +16,7 @@ from gpuserve.signature import Signature, signature_of
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 # Routes of the server, and "replicas": `/stats` holds every API by name and the replicas under that key.
-_RESERVED_ROUTES = frozenset({"livez", "readyz", "metrics", "v2", "replicas"})
+_RESERVED_ROUTES = frozenset({"livez", "readyz", "stats", "metrics", "docs", "v2", "replicas"})
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

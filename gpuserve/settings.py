@@ -35,6 +35,8 @@ class Settings:
     backend: str | None = None
     # None: the service's own
     isolation: Isolation | None = attrs.field(default=None, converter=attrs.converters.optional(Isolation.parse))
+    executors: str | None = None  # an executor kind (`gpuserve.executors`); None: the isolation's
+    ray_address: str | None = None  # the Ray cluster for `executors="ray"`; None: Ray's own choice
     workers: int | None = attrs.field(default=None, validator=_positive)  # None: the service's own
     require_gpu: bool = False
     cpu_devices: int = attrs.field(default=1, validator=_positive)  # virtual CPU devices to plan on

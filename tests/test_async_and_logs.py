@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from apps.batching_client import wait_until
+from gpuserve.testing.batching_client import wait_until
 from serving import serve, server_env
 
 ISOLATIONS = {"thread": "typed:Typed", "process": "typed:TypedProcess"}

@@ -1,24 +1,27 @@
-"""The batcher, observed through a real server: batching, backpressure, deadlines,
-cancellation, failure isolation, out-of-memory splitting, lost executors, signals.
+"""The batcher's policy, observed through a real server: batch sizes, the latency budget,
+deadlines against the server's default, clients that left, bursts.
 
-Executors are held busy by gates (`batching_apps.Batching.hold`) so that requests
-queue deterministically; the model's journal proves which items ever ran.
+Executors are held busy by gates (`gpuserve.testing.batching_app`'s `hold`) so
+that requests queue deterministically; the model's journal proves which items
+ever ran. What every kind of executor must keep (backpressure, deadlines,
+cancellation, failure isolation, out-of-memory splitting, `/stats`, lost
+replicas) is the shared suite in `test_executor_conformance.py`.
 """
 
 import collections
 import concurrent.futures
-import os
 import random
-import signal
 import statistics
 import time
 
 import pytest
 
-from apps.batching_client import held, journal, one_row, post_and_leave, seen, stats, wait_until
-from serving import process_running, serve
+from gpuserve.testing.batching_client import (
+    held, one_row, post_all, post_and_leave, seen, stats, timed_post, wait_until,
+)
+from serving import serve
 
-KEY = "cpu:0#0.0"  # the one executor of a default CPU server: device cpu:0, worker 0, instance 0
+APP = "gpuserve.testing.batching_app:Batching"
 
 
 @pytest.fixture(scope="module")
@@ -27,31 +30,13 @@ def workdir(tmp_path_factory):
 
 
 def serve_batching(workdir, *args, **kw):
-    return serve("batching_apps:Batching", *args, env={"BATCH_APPS_DIR": str(workdir)}, log_dir=workdir, **kw)
+    return serve(APP, *args, env={"BATCH_APPS_DIR": str(workdir)}, log_dir=workdir, **kw)
 
 
 @pytest.fixture(scope="module")
 def server(workdir):
     with serve_batching(workdir, "--queue-size", "16") as s:
         yield s
-
-
-def post_all(server, api, items, **kw):
-    """Post one request per item concurrently; the futures of their replies."""
-    pool = concurrent.futures.ThreadPoolExecutor(len(items))
-    futures = [pool.submit(one_row, server, api, i, **kw) for i in items]
-    pool.shutdown(wait=False)
-    return futures
-
-
-def queued(server, api, depth):
-    wait_until(lambda: stats(server, api)["queue_depth"] == depth, f"{depth} {api} request(s) are queued")
-
-
-def timed_post(server, api, item, **kw):
-    start = time.monotonic()
-    reply = one_row(server, api, item, **kw)
-    return reply, time.monotonic() - start
 
 
 # -- policy ------------------------------------------------------------------------------
@@ -112,37 +97,7 @@ def test_a_latency_model_that_refuses_everything_still_learns_the_device_got_fas
     assert [r.status for r in replies] == [200] * 5, "the fast device is no longer refused"
 
 
-# -- backpressure --------------------------------------------------------------------------
-
-
-def test_a_full_queue_answers_503_with_retry_after_at_once(server, workdir):
-    with held(server, workdir) as gate:
-        waiting = post_all(server, "work", [f"full-{i}" for i in range(16)])
-        queued(server, "work", 16)
-        before = stats(server, "work")["refusals"].get("queue_full", 0)
-        reply, took = timed_post(server, "work", "full-extra")
-        assert reply.status == 503 and took < 0.5
-        assert reply.body["reason"] == "queue_full" and "16 waiting" in reply.body["error"]
-        assert int(reply.headers["Retry-After"]) >= 1
-        gate.open()
-        assert [f.result(timeout=30).status for f in waiting] == [200] * 16
-    assert stats(server, "work")["refusals"]["queue_full"] == before + 1
-    assert "full-extra" not in seen(workdir, "work", "full-")
-
-
 # -- deadlines and cancellation ------------------------------------------------------------
-
-
-def test_request_timeout_header_gives_504_on_time_while_the_executor_is_stuck(server, workdir):
-    before = stats(server, "work")["refusals"].get("deadline", 0)
-    with held(server, workdir):
-        reply, took = timed_post(server, "work", "deadline-1", headers={"X-Request-Timeout": "0.3"})
-        assert reply.status == 504 and 0.3 <= took < 1.5
-        assert reply.body["reason"] == "deadline" and "0.3 s" in reply.body["error"]
-        assert "Retry-After" not in reply.headers
-    assert one_row(server, "work", "deadline-after").status == 200
-    assert seen(workdir, "work", "deadline-") == {"deadline-after"}  # the expired one never ran
-    assert stats(server, "work")["refusals"]["deadline"] == before + 1
 
 
 def test_server_wide_timeout_gives_504_and_the_header_overrides_it(tmp_path):
@@ -154,18 +109,6 @@ def test_server_wide_timeout_gives_504_and_the_header_overrides_it(tmp_path):
         gate.open()
         assert patient.result(timeout=30).status == 200  # waited past the server's 0.5 s
         assert seen(tmp_path, "work") == {"patient"}
-
-
-def test_a_disconnected_clients_request_never_reaches_the_model(server, workdir):
-    before = stats(server, "work")["refusals"].get("cancelled", 0)
-    with held(server, workdir):
-        post_and_leave(server, "work", {"item": ["gone-1"]}, queued=lambda: stats(server, "work")["queue_depth"] == 1)
-        # The server notices the hang-up while the item still waits for the executor.
-        wait_until(lambda: stats(server, "work")["refusals"].get("cancelled", 0) == before + 1,
-                   "the server counts the request as cancelled")
-        assert stats(server, "work")["queue_depth"] == 0
-    assert one_row(server, "work", "gone-after").status == 200
-    assert seen(workdir, "work", "gone-") == {"gone-after"}
 
 
 def test_clients_that_left_do_not_keep_a_full_queue_full(server, workdir):
@@ -185,152 +128,6 @@ def test_clients_that_left_do_not_keep_a_full_queue_full(server, workdir):
     assert after["refusals"].get("cancelled", 0) == before["refusals"].get("cancelled", 0) + limit
     assert after["refusals"].get("queue_full", 0) == before["refusals"].get("queue_full", 0)
     assert seen(workdir, "work", "left-") == set()
-
-
-# -- failures ------------------------------------------------------------------------------
-
-
-def test_a_poisoned_item_fails_alone_and_the_rest_of_its_batch_succeeds(server, workdir):
-    items = [f"mixed-{i}" for i in range(7)] + ["poison-mixed"]
-    with held(server, workdir) as gate:
-        replies = post_all(server, "work", items)
-        queued(server, "work", 8)
-        gate.open()
-        replies = dict(zip(items, (f.result(timeout=30) for f in replies)))
-    poisoned = replies.pop("poison-mixed")
-    assert poisoned.status == 500 and poisoned.body["type"] == "ValueError"
-    assert "poison-mixed" in poisoned.body["error"]
-    assert {r.status for r in replies.values()} == {200}
-    assert all(r.body["item"] == item for item, r in replies.items())
-    calls = [c for c in journal(workdir, "work") if set(c["items"]) & set(items)]
-    assert sorted(calls[0]["items"]) == sorted(items)  # one batch held them all
-    # The batch failed as a whole; then each request ran alone, once: no item ran more than twice.
-    assert sorted(len(c["items"]) for c in calls[1:]) == [1] * 8
-    assert collections.Counter(i for c in calls for i in c["items"]) == {item: 2 for item in items}
-
-
-def squeeze_wave(server, workdir, prefix):
-    """16 one-row requests to `squeeze` queued behind a held executor, then let go; their replies."""
-    items = [f"{prefix}-{i}" for i in range(16)]
-    with held(server, workdir) as gate:
-        wave = post_all(server, "squeeze", items)
-        queued(server, "squeeze", 16)
-        gate.open()
-        replies = [f.result(timeout=30) for f in wave]
-    assert {r.status for r in replies} == {200}, [r.body for r in replies if r.status != 200][:1]
-    return items, [r.body for r in replies], journal(workdir, "squeeze", prefix)
-
-
-def test_out_of_memory_runs_each_request_alone_and_lowers_the_ceiling_until_batches_fit(server, workdir):
-    # `squeeze` (max_batch_size=32) raises MemoryError on batches of more than 4 rows.
-    items, answers, calls = squeeze_wave(server, workdir, "oom")
-    assert [len(c["items"]) for c in calls] == [16] + [1] * 16  # whole, then each request alone, once
-    assert answers == [1] * 16
-    assert stats(server, "squeeze")["batch_ceiling"] == {KEY: 8}  # half of what ran out of memory
-
-    _, answers, calls = squeeze_wave(server, workdir, "lower")
-    assert [len(c["items"]) for c in calls][0] == 8 and sorted(answers) == [1] * 8 + [4] * 8
-    assert stats(server, "squeeze")["batch_ceiling"] == {KEY: 4}
-    assert max(collections.Counter(i for c in calls for i in c["items"]).values()) == 2
-
-    _, answers, calls = squeeze_wave(server, workdir, "capped")
-    assert [len(c["items"]) for c in calls] == [4, 4, 4, 4] and answers == [4] * 16
-
-
-def test_a_request_that_runs_out_of_memory_alone_fails_alone_and_caps_no_batch(server, workdir):
-    # `swallow` runs out of memory whenever a "huge" item is in its call, even alone.
-    items = [f"fine-{i}" for i in range(7)] + ["huge-1"]
-    with held(server, workdir) as gate:
-        replies = post_all(server, "swallow", items)
-        queued(server, "swallow", 8)
-        gate.open()
-        replies = dict(zip(items, (f.result(timeout=30) for f in replies)))
-    huge = replies.pop("huge-1")
-    assert huge.status == 500 and huge.body["type"] == "MemoryError"
-    assert {r.status for r in replies.values()} == {200} and {r.body for r in replies.values()} == {1}
-    assert stats(server, "swallow")["batch_ceiling"] == {}  # that request's failure, not a ceiling
-    with held(server, workdir) as gate:
-        after = post_all(server, "swallow", [f"after-{i}" for i in range(16)])
-        queued(server, "swallow", 16)
-        gate.open()
-        assert [f.result(timeout=30).body for f in after] == [16] * 16  # one full batch, as before
-    assert [len(c["items"]) for c in journal(workdir, "swallow", "after-")] == [16]
-
-
-@pytest.fixture(scope="module")
-def process_server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("process")
-    with serve_batching(directory, "--isolation", "process") as s:
-        yield s, directory
-
-
-def test_a_killed_process_executor_is_rebuilt_and_its_request_runs_again_on_the_new_one(process_server):
-    server, directory = process_server
-    old = server.post("whoami", {}).body["pid"]
-    assert old != server.proc.pid
-    reruns = stats(server, "hold")["reruns"]
-    with held(server, directory) as gate:
-        waiting = post_all(server, "work", ["after-kill"])[0]
-        queued(server, "work", 1)
-        os.kill(old, signal.SIGKILL)  # from outside: the request it ran is not to blame
-        wait_until(lambda: stats(server, "hold")["reruns"] == reruns + 1, "the held request runs again")
-        gate.open()
-        again = gate.holds[0].result(timeout=30)
-        queued_reply = waiting.result(timeout=30)  # waited for the new process; not lost
-    assert again.status == 200 and again.body["pid"] not in (old, server.proc.pid)
-    assert queued_reply.status == 200 and queued_reply.body["pid"] == again.body["pid"]
-    assert server.post("whoami", {}).body["pid"] == queued_reply.body["pid"]
-    replica = server.get("stats").body["replicas"][KEY]
-    assert replica["state"] == "ready" and replica["restarts"] >= 1
-    assert "executor_lost" not in stats(server, "hold")["outcomes"]
-
-
-def test_an_input_that_exits_its_process_is_named_the_others_of_its_batch_run_again_and_it_is_quarantined(
-        process_server):
-    server, directory = process_server
-    old = server.post("whoami", {}).body["pid"]
-    items = ["doomed-1", "die", "doomed-2"]
-    with held(server, directory) as gate:
-        replies = post_all(server, "die", items)
-        queued(server, "die", 3)
-        gate.open()
-        replies = dict(zip(items, (f.result(timeout=30) for f in replies)))
-    crashed = replies.pop("die")
-    assert crashed.status == 500 and crashed.body["reason"] == "crashed"
-    assert "crashed its replica" in crashed.body["error"] and "Retry-After" not in crashed.headers
-    assert "refused from now on" in crashed.body["error"]  # it crashed two: its batch's, and its own alone
-    assert {r.status for r in replies.values()} == {200}  # run again alone on a fresh replica
-    assert all(r.body["pid"] != old for r in replies.values())
-    ran = collections.Counter(i for c in journal(directory, "die") for i in c["items"])
-    assert ran == {"doomed-1": 2, "die": 2, "doomed-2": 2}
-    # The same input again: refused without running.
-    again = one_row(server, "die", "die", timeout=30)
-    assert again.status == 422 and again.body["reason"] == "quarantined"
-    assert collections.Counter(i for c in journal(directory, "die") for i in c["items"])["die"] == 2
-    assert stats(server, "die")["refusals"]["quarantined"] == 1
-    later = one_row(server, "die", "survivor", timeout=30)
-    assert later.status == 200 and later.body["pid"] != old
-    assert server.get("readyz").status == 200
-
-
-def test_a_process_executor_that_died_idle_is_replaced_before_it_gets_work(process_server):
-    server, directory = process_server
-    old = server.post("whoami", {}).body["pid"]
-    lost_before = stats(server, "work")["outcomes"].get("executor_lost", 0)
-    os.kill(old, signal.SIGKILL)
-    wait_until(lambda: not process_running(old), "the worker process is dead")
-    reply = one_row(server, "work", "after-idle-death", timeout=30)
-    assert reply.status == 200 and reply.body["pid"] != old
-    assert stats(server, "work")["outcomes"].get("executor_lost", 0) == lost_before  # nothing was lost
-
-
-def test_a_result_that_cannot_leave_the_worker_process_fails_alone(process_server):
-    server, _ = process_server
-    pid = server.post("whoami", {}).body["pid"]
-    reply = server.post("opaque", {})
-    assert reply.status == 500 and reply.body["type"] == "TypeError"
-    assert "not JSON" in reply.body["error"]
-    assert server.post("whoami", {}).body["pid"] == pid  # the worker was not lost
 
 
 # -- overload ------------------------------------------------------------------------------
@@ -358,32 +155,3 @@ def test_a_burst_of_four_times_the_queue_gets_an_answer_for_every_request(tmp_pa
         assert snapshot["refusals"].get("deadline", 0) + snapshot["outcomes"].get("deadline", 0) == statuses[504]
         assert snapshot["queue_depth"] == 0 and not any(snapshot["in_flight"].values())
         assert one_row(server, "work", "after-burst").status == 200
-
-
-# -- signals -------------------------------------------------------------------------------
-
-
-def test_stats_report_queue_depth_in_flight_batches_times_and_refusals(server, workdir):
-    before = stats(server, "work")
-    with held(server, workdir) as gate:
-        assert stats(server, "hold")["in_flight"] == {KEY: 1}
-        replies = post_all(server, "work", [f"signal-{i}" for i in range(3)])
-        queued(server, "work", 3)
-        during = stats(server, "work")
-        expired = one_row(server, "work", "signal-expired", headers={"X-Request-Timeout": "0.1"})
-        gate.open()
-        assert {f.result(timeout=30).status for f in replies} == {200}
-    after = stats(server, "work")
-    assert expired.status == 504
-    assert during["queue_depth"] == 3 and not any(during["in_flight"].values())
-    assert during["queue_limit"] == 16
-    assert after["queue_depth"] == 0 and after["in_flight"] == {KEY: 0}
-    assert after["batch_sizes"]["3"] == before["batch_sizes"].get("3", 0) + 1
-    assert after["queue_time_s"]["count"] == before["queue_time_s"]["count"] + 3
-    assert after["queue_time_s"]["max"] >= 0.05  # they waited behind the gate
-    exec_before = before["exec_time_s"].get(KEY, {"count": 0})["count"]
-    assert after["exec_time_s"][KEY]["count"] == exec_before + 1 and after["exec_time_s"][KEY]["mean"] > 0
-    assert after["refusals"]["deadline"] == before["refusals"].get("deadline", 0) + 1
-    assert after["outcomes"]["ok"] == before["outcomes"].get("ok", 0) + 3
-    apis = {"hold", "whoami", "opaque", "work", "squeeze", "swallow", "timed", "warms_up", "die"}
-    assert set(server.get("stats").body) == apis | {"replicas"}

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))  # `benchmarks` runs from the repository root; it 
 
 from benchmarks import loadgen, report  # noqa: E402
 from benchmarks.__main__ import SCHEMA  # noqa: E402
+from benchmarks.config import SCENARIOS  # noqa: E402
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,6 +32,8 @@ ENVIRONMENT_KEYS = {"machine", "cpu", "gpus", "gpu_source", "no_gpu_reason", "cu
                     "event_loop", "loadgen", "packages", "git"}
 SERVE_KEYS = {"workload", "path", "concurrency", "tool", "rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "requests",
               "errors", "cpu_us_per_request", "loop_cpu_us_per_request", "mean_batch", "rounds"}
+RESNET_KEYS = {"model", "dtype", "device", "image_size", "batch_size", "clients", "offline_items_per_s",
+               "served_items_per_s", "ratio", "mean_batch", "p50_ms", "p99_ms", "errors", "rounds"}
 DEVICE_KEYS = {"backend", "version", "device", "device_name", "model", "batch_size", "iterations", "batch_ms",
                "items_per_s", "memory_bytes", "memory_kind", "timing"}
 
@@ -42,7 +45,7 @@ def _png(path: Path) -> bool:
 def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--duration", "0.3", "--concurrency", "1,4",
-         "--backends", "torch", "--loadgen", "python", "--scenarios", "device,serve,baseline,scaling,hotpath",
+         "--backends", "torch", "--loadgen", "python", "--scenarios", ",".join(s for s in SCENARIOS if s != "chaos"),
          "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -60,7 +63,7 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert document["cpu_only"] == (not document["environment"]["gpus"])
 
     results = document["results"]
-    assert {"device", "serve", "baseline", "scaling", "hotpath"} <= results.keys()
+    assert {"device", "serve", "baseline", "v2", "scaling", "hotpath", "resnet"} <= results.keys()
     assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
     assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
     for side, workloads in (("serve", {"echo", "echo_batched", "echo_access_log", "mlp", "mlp_batched",
@@ -72,10 +75,21 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
         assert all(SERVE_KEYS <= r.keys() and r["rps"] > 0 and r["errors"] == 0 for r in rows)
     assert [r["executors"] for r in results["scaling"]] == [1, 2]
     assert any(r["step"].startswith("Batcher") for r in results["hotpath"])
+    net = results["resnet"]
+    assert RESNET_KEYS <= net.keys() and net["batch_size"] == 32 and net["errors"] == 0
+    assert net["offline_items_per_s"] > 0 and net["served_items_per_s"] > 0 and net["ratio"] > 0
+    assert net["dtype"] == ("float16" if document["environment"]["gpus"] else "float32")
 
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 10  # the chaos scenario's five are not measured here
+    assert len(document["targets"]) == 13  # the chaos scenario's five are not measured here
+    v2 = results["v2"]  # the v2 protocol beside raw aiohttp and the hand-written batcher (Triton only when given)
+    assert {(r["workload"], r["against"]) for r in v2["ratios"]} == {
+        ("image_v2", "image"), ("mlp_native", "mlp_batched"), ("mlp_v2_json", "mlp_batched"),
+        ("mlp_v2_binary", "mlp_batched")}
+    assert all(r["rps_ratio"] > 0 and r["errors"] == 0 for r in v2["ratios"]) and v2["triton"] is False
+    kinds = results["scaling_kinds"]  # Ray beside processes where gpuserve-ray is installed; said so where not
+    assert "gpuserve-ray is not installed" in kinds["skipped"] if "skipped" in kinds else kinds["rps_ratio"] > 0
     assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",
                                       "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png"}
     assert all(_png(run_dir / name) for name in document["plots"])
@@ -101,6 +115,10 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
         "baseline": _serve_rows("baseline", 1000.0),
         "hotpath": [{"step": BATCHER_STEP, "clients": 64, "us_per_item": 12.0,
                      "overhead_us_per_item": 11.0}],
+        "scaling_kinds": {"rps_ratio": 0.75, "extra_overhead_us_per_batch": 900.0, "rows": [
+            {"executors": kind, "concurrency": 64, "rps": rps, "p50_ms": 2.0, "p99_ms": 4.0, "mean_batch": 32.0,
+             "batch_turn_us": turn, "exec_us_per_batch": 150.0, "overhead_us_per_batch": turn - 150.0}
+            for kind, rps, turn in (("process", 1000.0, 2000.0), ("ray", 750.0, 2900.0))]},
     }
     compared = report.ratios(results)
     assert {(r["workload"], r["baseline"]) for r in compared} == {
@@ -109,9 +127,12 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
     expected = {"mlp_batched": 1.05, "mlp_batched_process": 0.99}
     assert all(r["rps_ratio"] == pytest.approx(expected.get(r["workload"], 0.95)) for r in compared)
 
+    results["resnet"] = {"ratio": 0.93}
     checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)
               if not c["target"].startswith("chaos")}
-    assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "batcher<=": True}
+    assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "v2>=": None,
+                      "Ray>=": True, "batcher<=": True, "ResNet-50>=": True}
+    del results["resnet"]
 
     plots = report.plots(tmp_path, results, compared)
     assert plots == ["serve_latency.png", "serve_throughput.png", "gpuserve_vs_baseline.png"]
@@ -119,6 +140,7 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
 
     table = report.summary({"results": results, "ratios": compared, "targets": report.targets(results, compared)})
     assert "mlp_batched_process" in table and "NO" in table
+    assert "Ray / process req/s 0.75, Ray's extra overhead per batch 900 us" in table
 
 
 def test_the_tail_target_compares_each_round_with_its_own_median() -> None:

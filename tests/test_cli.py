@@ -15,7 +15,7 @@ def test_version():
     assert out.returncode == 0 and out.stdout.strip() == f"gpuserve {gpuserve.__version__}"
 
 
-@pytest.mark.parametrize("command", ["serve", "devices", "backends", "plan"])
+@pytest.mark.parametrize("command", ["serve", "devices", "backends", "plan", "build", "k8s"])
 def test_every_subcommand_has_help(command):
     out = run(command, "--help")
     assert out.returncode == 0 and f"gpuserve {command}" in out.stdout
@@ -43,3 +43,18 @@ def test_serve_names_an_unknown_backend(tmp_path):
               cwd=__import__("serving").APPS)
     assert out.returncode == 2
     assert "'nope'" in out.stderr and "cpu" in out.stderr
+
+
+def test_serve_names_an_executor_kind_that_is_not_installed_and_the_installed_ones(monkeypatch):
+    monkeypatch.setenv("GPUSERVE_EXECUTORS", "nowhere")
+    out = run("serve", "basics:Basics", cwd=__import__("serving").APPS)
+    assert out.returncode == 2
+    assert "executors='nowhere' is not installed" in out.stderr
+    assert "process" in out.stderr and "thread" in out.stderr
+
+
+def test_serve_refuses_executors_and_isolation_that_disagree():
+    out = run("serve", "basics:Basics", "--executors", "process", "--isolation", "thread",
+              cwd=__import__("serving").APPS)
+    assert out.returncode == 2
+    assert "--executors process and --isolation thread disagree" in out.stderr

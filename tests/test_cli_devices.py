@@ -92,3 +92,44 @@ def test_watch_refreshes_until_ctrl_c(fake_env: dict[str, str]) -> None:
 def test_watch_rejects_a_non_positive_interval(fake_env: dict[str, str]) -> None:
     done = gpuserve("devices", "--watch", "0", env=fake_env)
     assert done.returncode == 2 and "'0' is not a positive number of seconds" in done.stderr
+
+
+def test_a_cut_short_list_is_said_once_naming_the_entry(fake_env: dict[str, str]) -> None:
+    done = gpuserve("devices", env={**fake_env, "CUDA_VISIBLE_DEVICES": "0,7,1"})
+    assert done.returncode == 0, done.stderr
+    assert GPUS[0]["uuid"] in done.stdout and GPUS[1]["uuid"] not in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if "cut short" in line]
+    assert warnings == ["gpuserve: WARNING: CUDA_VISIBLE_DEVICES='0,7,1' is cut short: CUDA stops at entry '7' "
+                        "(no device has ordinal 7 (ordinals are 0..2)) and ignores it and every entry after it, "
+                        "so only '0' counts"]
+
+
+def test_watch_says_a_cut_short_list_once_however_often_it_redraws(fake_env: dict[str, str]) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "gpuserve", "devices", "--watch", "0.1"],
+                            env={**fake_env, "CUDA_VISIBLE_DEVICES": "1,1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = ""
+    while seen.count(GPUS[1]["uuid"]) < 3:
+        line = proc.stdout.readline()
+        assert line, f"--watch exited early: {proc.stderr.read()}"
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert err.count("cut short") == 1 and f"{GPUS[1]['uuid']} is already listed" in err
+
+
+def test_mig_devices_one_process_cannot_see_have_no_ordinal_here(tmp_path: Path) -> None:
+    mig = [{"uuid": f"MIG-0000000{i}-0000-4000-8000-000000000000", "name": "NVIDIA A100-SXM4-80GB MIG 3g.40gb",
+            "memory_total": 40 * GiB, "memory_used": 0} for i in range(2)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_")}
+    env[FAKE_GPUS_ENV] = write_fake_inventory(tmp_path / "mig.json", [fake_gpu(0, "NVIDIA A100-SXM4-80GB", mig=mig),
+                                                                      fake_gpu(1)])
+    done = gpuserve("devices", env=env)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()[1:4]
+    assert [row.split()[0] for row in rows] == ["0", "-", "-"]
+    assert mig[0]["uuid"] in rows[0] and mig[1]["uuid"] in rows[1] and fake_gpu(1)["uuid"] in rows[2]
+    assert "one CUDA process enumerates one MIG device" in done.stdout and "mig-user-guide" in done.stdout
+    as_json = json.loads(gpuserve("devices", "--json", env=env).stdout)
+    assert [d["enumerated"] for d in as_json] == [True, False, False]

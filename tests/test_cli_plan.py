@@ -91,3 +91,46 @@ def test_plan_follows_the_backend_serve_would_use(app_dir: Path, fake_env: dict[
     plan = json.loads(done.stdout)
     assert all(d["kind"] == "cpu" for w in plan["workers"] for d in w["devices"])
     assert "backend 'cpu' runs on the CPU only" in plan["fallback_reason"]
+
+
+def test_a_cut_short_list_is_said_once_and_named_when_the_plan_cannot_fit(
+    app_dir: Path, fake_env: dict[str, str]
+) -> None:
+    cut = {**fake_env, "CUDA_VISIBLE_DEVICES": "0,7,1"}
+    done = gpuserve("plan", "app:Halves", "--workers", "2", env=cut, cwd=app_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("CUDA stops at entry '7' (no device has ordinal 7 (ordinals are 0..1))") == 1
+    failed = gpuserve("plan", "app:Halves", "--workers", "3", env=cut, cwd=app_dir)
+    assert failed.returncode == 2
+    # Said as a warning, and again inside the error that explains the plan.
+    assert failed.stderr.count("CUDA stops at entry '7'") == 2 and "cannot place the workers" in failed.stderr
+
+
+def test_mig_devices_get_a_worker_process_each(app_dir: Path, fake_env: dict[str, str], tmp_path: Path) -> None:
+    mig = [{"uuid": f"MIG-0000000{i}-0000-4000-8000-000000000000", "name": "NVIDIA A100-SXM4-80GB MIG 3g.40gb",
+            "memory_total": 40 * GiB, "memory_used": 0} for i in range(2)]
+    (app_dir / "whole.py").write_text(textwrap.dedent("""
+        import gpuserve
+
+        @gpuserve.service(resources={"gpu": 1}, workers=2, backend="fake-gpu")
+        class Whole:
+            @gpuserve.api
+            def ping(self) -> str:
+                return "pong"
+
+        @gpuserve.service(resources={"gpu": 1}, workers=2, backend="fake-gpu", isolation="thread")
+        class Threads(Whole):
+            pass
+    """))
+    env = {**fake_env, FAKE_GPUS_ENV: write_fake_inventory(tmp_path / "mig.json",
+                                                           [fake_gpu(0, "NVIDIA A100-SXM4-80GB", mig=mig)])}
+    done = gpuserve("plan", "whole:Whole", env=env, cwd=app_dir)
+    assert done.returncode == 0, done.stderr
+    assert "isolation process" in done.stdout
+    assert f"worker 0: cuda:0 NVIDIA A100-SXM4-80GB MIG 3g.40gb ({mig[0]['uuid']})" in done.stdout
+    assert f"worker 1: NVIDIA A100-SXM4-80GB MIG 3g.40gb ({mig[1]['uuid']})" in done.stdout
+    assert "numbers them from cuda:0" in done.stdout
+    refused = gpuserve("plan", "whole:Threads", env=env, cwd=app_dir)
+    assert refused.returncode == 2
+    assert "isolation='thread' puts every worker in the server process" in refused.stderr
+    assert "one CUDA process enumerates a single MIG device" in refused.stderr

@@ -17,7 +17,7 @@ import signal
 
 import pytest
 
-from apps.batching_client import journal, one_row, stats, wait_until
+from gpuserve.testing.batching_client import journal, one_row, stats, wait_until
 from serving import serve
 
 KEY = "cpu:0#0.0"

@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = {"torch", "tensorflow", "cupy", "jax", "keras"}
 # Code outside the core that must use only `gpuserve.plugin` (and the `gpuserve` package itself:
-# `@gpuserve.service`, `gpuserve.context()`): first-party backends and the example plugins.
-OUTSIDE = sorted(p for pattern in ("backends/*/src", "plugins/*/src") for p in ROOT.glob(pattern))
+# `@gpuserve.service`, `gpuserve.context()`): first-party backends and executor kinds, the example plugins.
+OUTSIDE = sorted(p for pattern in ("backends/*/src", "executors/*/src", "plugins/*/src") for p in ROOT.glob(pattern))
 
 
 def test_import_contracts_hold():
@@ -32,8 +32,8 @@ def gpuserve_imports(path: Path) -> list[str]:
     return [name for name in found if name.split(".")[0] == "gpuserve"]
 
 
-def test_backends_and_plugins_import_only_the_public_api():
-    assert len(OUTSIDE) >= 5, OUTSIDE  # torch, tensorflow, cupy, fake-gpu, numpy
+def test_backends_executor_kinds_and_plugins_import_only_the_public_api():
+    assert len(OUTSIDE) >= 6, OUTSIDE  # torch, tensorflow, cupy, fake-gpu, ray, numpy
     offenders = [
         f"{path.relative_to(ROOT)}: {name}"
         for folder in OUTSIDE

@@ -122,3 +122,47 @@ def test_each_executor_thread_has_its_own_device_current(tmp_path):
         seen = collect(server, 2)
     for worker in (0, 1):
         assert seen[worker]["current"] == seen[worker]["current_at_init"] == gpus[worker]["uuid"]
+
+
+def test_a_cut_short_list_is_logged_once_and_named_when_the_workers_cannot_be_placed(tmp_path):
+    import subprocess, sys
+    from serving import APPS, server_env
+
+    gpus, path = inventory(tmp_path, n=3)
+    with serve("placement:TwoWorkers", env={"GPUSERVE_FAKE_GPUS": path, "CUDA_VISIBLE_DEVICES": "2,0,9,1"},
+               log_dir=tmp_path) as server:
+        seen = collect(server, 2)
+        log = server.log()
+    assert [seen[w]["uuids"] for w in (0, 1)] == [[gpus[2]["uuid"]], [gpus[0]["uuid"]]]
+    assert log.count("CUDA stops at entry '9' (no device has ordinal 9 (ordinals are 0..2))") == 1
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gpuserve", "serve", "placement:TwoWorkers"], cwd=APPS,
+        env=server_env({"GPUSERVE_FAKE_GPUS": path, "CUDA_VISIBLE_DEVICES": "0,7,1"}),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2
+    assert "cannot place the workers" in out.stderr and "CUDA stops at entry '7'" in out.stderr.split("cannot place")[1]
+
+
+def test_without_a_backend_named_the_fake_inventory_is_served_by_fake_gpu(tmp_path):
+    gpus, path = inventory(tmp_path, n=2)
+    with serve("placement:Unnamed", env={"GPUSERVE_FAKE_GPUS": path}, log_dir=tmp_path) as server:
+        seen = collect(server, 2)
+        log = server.log()
+    assert "backend fake-gpu" in log
+    assert {seen[w]["uuids"][0] for w in (0, 1)} == {gpus[0]["uuid"], gpus[1]["uuid"]}
+
+
+def test_a_framework_backend_on_the_fake_inventory_is_refused_naming_the_flag(tmp_path):
+    import subprocess, sys
+    from serving import APPS, server_env
+
+    _, path = inventory(tmp_path, n=1)
+    out = subprocess.run(
+        [sys.executable, "-m", "gpuserve", "serve", "placement:Unnamed", "--backend", "torch", "--workers", "1"],
+        cwd=APPS, env=server_env({"GPUSERVE_FAKE_GPUS": path}), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert f"simulated GPUs of GPUSERVE_FAKE_GPUS={path}, which backend 'torch' cannot run on" in out.stderr
+    assert "--backend fake-gpu" in out.stderr

@@ -176,7 +176,8 @@ def test_describe_and_to_json(machine) -> None:
     assert data["inventory_source"] == inventory.source
     assert data["workers"][1] == {
         "index": 1,
-        "devices": [{"index": 0, "uuid": uuid, "name": "NVIDIA H100 80GB HBM3", "kind": "cuda"}],
+        "devices": [{"index": 0, "uuid": uuid, "name": "NVIDIA H100 80GB HBM3", "kind": "cuda", "mig": False,
+                     "enumerated": True}],
         "memory_limit": 40 * GiB,
         "memory_fraction": 0.5,
     }
@@ -194,3 +195,50 @@ def test_fraction_caps_count_memory_already_in_use() -> None:
     result = make_plan(Resources(gpu=0.3), 4, Inventory(devices=(busy, idle)))
     hosts = [w.devices[0].uuid for w in result.workers]
     assert hosts.count("GPU-busy") == 1 and hosts.count("GPU-idle") == 3
+
+
+# -- MIG: one MIG device per CUDA process, nothing beside it ----------------------------------
+def mig_a100(n: int, instances: int) -> dict[str, Any]:
+    """An A100 with MIG on and `instances` 3g.40gb devices."""
+    return fake_gpu(n, "NVIDIA A100-SXM4-80GB", mig=[
+        {"uuid": f"MIG-{n:04x}{i:04x}-0000-4000-8000-{i:012x}", "name": "NVIDIA A100-SXM4-80GB MIG 3g.40gb",
+         "memory_total": 40 * GiB, "memory_used": 0} for i in range(instances)])
+
+
+def test_mig_devices_each_serve_a_worker_of_their_own(machine) -> None:
+    inventory = machine([mig_a100(0, 2), fake_gpu(1)])
+    result = plan({"gpu": 1}, 3, inventory)
+    hosts = [w.devices for w in result.workers]
+    assert all(len(devices) == 1 for devices in hosts)
+    assert sorted(d.uuid for (d,) in hosts) == sorted(d.uuid for d in inventory.devices)
+    problem = result.one_process_problem()
+    assert "MIG device(s)" in problem and "mig-user-guide" in problem
+    # A worker that is alone on its MIG device is fine in one process.
+    assert plan({"gpu": 1}, 1, machine([mig_a100(0, 2)])).one_process_problem() is None
+
+
+def test_never_two_mig_devices_in_one_worker(machine) -> None:
+    inventory = machine([mig_a100(0, 2), fake_gpu(1), fake_gpu(2)])
+    result = plan({"gpu": 2}, 1, inventory)
+    assert [d.uuid for d in result.workers[0].devices] == [fake_gpu(1)["uuid"], fake_gpu(2)["uuid"]]
+    with pytest.raises(PlanError) as caught:
+        plan({"gpu": 2}, 2, inventory)
+    message = str(caught.value)
+    assert message.count("[a MIG device, which a worker can only have alone]") == 2
+    with pytest.raises(PlanError):
+        plan({"gpu": 2}, 1, machine([mig_a100(0, 4)]))
+
+
+def test_shares_of_a_mig_device_are_planned_like_shares_of_a_gpu(machine) -> None:
+    inventory = machine([mig_a100(0, 1)])
+    result = plan({"gpu": 0.5}, 2, inventory)
+    assert [w.devices[0].uuid for w in result.workers] == [inventory.devices[0].uuid] * 2
+    assert result.workers[0].memory_limit == 20 * GiB
+    assert result.one_process_problem() is None
+
+
+def test_a_plan_that_cannot_fit_names_where_cuda_visible_devices_stopped(machine) -> None:
+    inventory = machine(four_h100(), CUDA_VISIBLE_DEVICES="0,7,1")
+    with pytest.raises(PlanError) as caught:
+        plan({"gpu": 1}, 2, inventory)
+    assert "CUDA stops at entry '7' (no device has ordinal 7 (ordinals are 0..3))" in str(caught.value)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from apps.basics import Nap
-from apps.batching_client import held, one_row, stats
+from gpuserve.testing.batching_client import held, one_row, stats
 from gpuserve.deployment import prepare
 from gpuserve.executors import wire
 from gpuserve.protocols.json_codec import encode_json
@@ -27,7 +27,7 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 def test_a_free_executor_serves_while_another_is_stuck(tmp_path, layout):
-    with serve("batching_apps:Batching", *layout, env={"BATCH_APPS_DIR": str(tmp_path)}, log_dir=tmp_path) as server:
+    with serve("gpuserve.testing.batching_app:Batching", *layout, env={"BATCH_APPS_DIR": str(tmp_path)}, log_dir=tmp_path) as server:
         assert server.get("readyz").body["replicas"] == 2
         with held(server, tmp_path) as gate:
             served = []
@@ -44,7 +44,7 @@ def test_a_free_executor_serves_while_another_is_stuck(tmp_path, layout):
 
 def test_executors_share_the_load_and_never_run_two_batches_at_once(tmp_path):
     args = ("--cpu-devices", "2", "--workers", "2")
-    with serve("batching_apps:Batching", *args, env={"BATCH_APPS_DIR": str(tmp_path)}, log_dir=tmp_path) as server:
+    with serve("gpuserve.testing.batching_app:Batching", *args, env={"BATCH_APPS_DIR": str(tmp_path)}, log_dir=tmp_path) as server:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             replies = list(pool.map(lambda i: one_row(server, "work", f"load-{i}"), range(160)))
         # `work` raises if its executor is already running a batch.

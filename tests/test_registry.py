@@ -111,6 +111,17 @@ def test_choice_order_flag_then_service_then_priority():
     assert best.name == max(viable, key=lambda e: e.priority).name
 
 
+def test_a_fake_inventory_chooses_a_backend_that_serves_fake_gpus(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUSERVE_FAKE_GPUS", str(tmp_path / "gpus.json"))  # fake-gpu's viability reads it
+    registry = Registry.from_entry_points()
+    assert registry.choose(None, None, fake_gpus=True).name == "fake-gpu"
+    assert registry.choose("cpu", None, fake_gpus=True).name == "cpu"  # a named backend stays named
+    without = Registry([e for e in registry.entries if e.name != "fake-gpu"])
+    with pytest.raises(BackendError) as info:
+        without.choose(None, None, fake_gpus=True)
+    assert "GPUSERVE_FAKE_GPUS is set" in str(info.value) and "pip install gpuserve-fake-gpu" in str(info.value)
+
+
 def test_backend_env_variable_selects_the_backend(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gpuserve", "serve", "basics:Basics"], cwd=APPS,
                          env={**os.environ, "GPUSERVE_BACKEND": "no-such"}, capture_output=True, text=True, timeout=60)

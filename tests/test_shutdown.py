@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from apps.batching_client import one_row, wait_until
-from serving import APPS, process_running, serve, server_env, wait_until_running
+from gpuserve.testing.batching_client import one_row, running, wait_until
+from serving import APPS, serve, server_env, wait_until_running
 
 DRAIN_S = 2.0
 # The process's own exit after the stop: interpreter teardown, a killed child reaped.
@@ -106,7 +106,7 @@ def test_a_sigkilled_server_leaves_no_worker_process_behind(tmp_path):
             wait_until_running(server, "predict")
             server.proc.kill()
             server.proc.wait()
-            wait_until(lambda: not process_running(worker), "the worker process is gone", timeout=30)
+            wait_until(lambda: not running(worker), "the worker process is gone", timeout=30)
             (tmp_path / "unhang").touch()
 
 

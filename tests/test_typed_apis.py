@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from apps.batching_client import stats
+from gpuserve.testing.batching_client import stats
 from serving import serve
 
 

@@ -162,13 +162,8 @@ class Admission:
         if now - policy.last_learned >= interval and now >= policy.next_probe:
             policy.next_probe = now + interval
             return True
-        stats.refusals[Reason.LATENCY.value] += 1
-        raise Refused(
-            Reason.LATENCY,
-            f"{policy.api.name!r} cannot answer within max_latency_ms={policy.api.max_latency_ms:g}: "
-            f"predicted {predicted * 1000:.0f} ms with {depth} queued",
-            retry_after=self.retry_after(policy, depth),
-        )
+        raise self._too_late(policy, depth, stats, f"cannot answer within max_latency_ms="
+                             f"{policy.api.max_latency_ms:g}: predicted {predicted * 1000:.0f} ms with {depth} queued")
 
     def free_in(self, now: float) -> float:
         """Seconds until some executor is free (0 when one is, or when unknown)."""
@@ -206,13 +201,13 @@ class Admission:
     def late(self, policy: ApiAdmission, depth: int, now: float, stats: ApiStats, predicted: float,
              waited_s: float) -> Refused:
         """The refusal for an item that can no longer start in time (counted here)."""
+        return self._too_late(policy, depth, stats, f"could not start in time for max_latency_ms="
+                              f"{policy.api.max_latency_ms:g}: predicted {predicted * 1000:.0f} ms to run after "
+                              f"{waited_s * 1000:.0f} ms queued")
+
+    def _too_late(self, policy: ApiAdmission, depth: int, stats: ApiStats, why: str) -> Refused:
         stats.refusals[Reason.LATENCY.value] += 1
-        return Refused(
-            Reason.LATENCY,
-            f"{policy.api.name!r} could not start in time for max_latency_ms={policy.api.max_latency_ms:g}: "
-            f"predicted {predicted * 1000:.0f} ms to run after {waited_s * 1000:.0f} ms queued",
-            retry_after=self.retry_after(policy, depth),
-        )
+        return Refused(Reason.LATENCY, f"{policy.api.name!r} {why}", retry_after=self.retry_after(policy, depth))
 
     def start(self, lane: Lane, size: int, now: float) -> None:
         predicted = lane.predict(size)

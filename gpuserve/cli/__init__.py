@@ -1,4 +1,4 @@
-"""`python -m gpuserve`: serve, devices, backends, plan.
+"""`python -m gpuserve`: serve, devices, backends, plan, selfcheck, build, k8s.
 
 Each subcommand lives in its own module with `register(subparsers)`, which
 adds its parser and sets `run=` to a function `(args) -> exit code`.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
 from gpuserve import __version__
 
-SUBCOMMANDS = ("serve", "devices", "backends", "plan")
+SUBCOMMANDS = ("serve", "devices", "backends", "plan", "selfcheck", "build", "k8s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Warnings (a cut-short CUDA_VISIBLE_DEVICES, ...) reach stderr; `serve` sets up its own log format.
+    logging.basicConfig(level=logging.WARNING, format="gpuserve: %(levelname)s: %(message)s")
     return int(args.run(args) or 0)
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import attrs
 
-from gpuserve.devices import Inventory, discover
+from gpuserve.devices import MIG_GUIDE, Inventory, discover, warn_once
+from gpuserve.devices.container import InContainer, in_container
 from gpuserve.errors import GpuserveError
 
 _MIB = 2**20
@@ -23,7 +24,8 @@ def register(subparsers: Any) -> None:
         help="list the GPUs visible under the current environment",
         description=(
             "List the GPUs visible under the current CUDA_VISIBLE_DEVICES and "
-            "CUDA_DEVICE_ORDER, by CUDA ordinal (what cuda:N means in this environment)."
+            "CUDA_DEVICE_ORDER, by CUDA ordinal (what cuda:N means in this environment). "
+            "In a container, says what NVIDIA_VISIBLE_DEVICES exposed."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list of devices")
@@ -49,14 +51,15 @@ def _positive_seconds(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.watch is None:
-            _show(discover(os.environ), args.json)
+            _show(_look(), args.json)
             return 0
         while True:
-            inventory = discover(os.environ)
+            view = _look()
+            warn_once(view.inventory)
             if not args.json:
                 sys.stdout.write("\033[H\033[2J")  # clear the screen, as `watch` does
                 print(f"every {args.watch:g}s, {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)\n")
-            _show(inventory, args.json)
+            _show(view, args.json)
             sys.stdout.flush()
             time.sleep(args.watch)
     except KeyboardInterrupt:
@@ -66,23 +69,34 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _show(inventory: Inventory, as_json: bool) -> None:
+def _look() -> InContainer:
+    return in_container(discover(os.environ), os.environ)
+
+
+def _show(view: InContainer, as_json: bool) -> None:
+    inventory = view.inventory
+    warn_once(inventory)
+    note = f"{'warning: ' if view.ignored else ''}{view.note}" if view.note else None
     if as_json:
         print(json.dumps([attrs.asdict(device) for device in inventory.devices]))
         if inventory.reason:
             print(f"no GPU visible: {inventory.reason}", file=sys.stderr)
+        if note:
+            print(note, file=sys.stderr)
         return
     if not inventory.devices:
         print(f"No GPU visible: {inventory.reason} (source: {inventory.source})")
-        return
-    print(_table(inventory))
+    else:
+        print(_table(inventory))
+    if note:
+        print(note)
 
 
 def _table(inventory: Inventory) -> str:
     header = ("CUDA", "NVML", "NAME", "UUID", "BUS ID", "MEMORY USED / TOTAL", "UTIL", "TEMP")
     rows = [
         (
-            str(d.index),
+            str(d.index) if d.enumerated else "-",
             "-" if d.nvml_index is None else str(d.nvml_index),
             d.name,
             d.uuid,
@@ -98,4 +112,12 @@ def _table(inventory: Inventory) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows)
     ]
     lines.append(f"\nsource: {inventory.source}; CUDA = ordinal in this environment, NVML = NVML index")
+    hidden = len(inventory.devices) - len(inventory.enumerated)
+    if hidden:
+        lines.append(
+            f"CUDA '-': {hidden} device(s) this process does not enumerate beside cuda:0, because one CUDA "
+            f"process enumerates one MIG device and no other device beside it ({MIG_GUIDE}, 'CUDA Device "
+            "Enumeration'; drivers from R570 relax this). gpuserve plans them for worker processes that see "
+            "them, numbered from cuda:0"
+        )
     return "\n".join(lines)

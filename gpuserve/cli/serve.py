@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="port to bind (default 3000; 0 picks a free one)")
     p.add_argument("--backend", help="backend to use (default: the service's, else the best installed)")
     p.add_argument("--isolation", choices=[i.value for i in Isolation], help="replicas as threads or processes")
+    p.add_argument("--executors", metavar="KIND",
+                   help="where replicas run: thread, process, or an installed kind such as ray "
+                   "(default: --isolation, else the service's)")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="with --executors ray, the Ray cluster's head (default: RAY_ADDRESS, else the cluster "
+                   "`ray start` started on this machine, else a new local Ray)")
     p.add_argument("--workers", type=int, help="replicas to build (default: the service's workers=)")
     p.add_argument("--require-gpu", action="store_true", default=None,
                    help="fail instead of falling back to the CPU when no GPU can be used")
@@ -56,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
     flags = {k: v for k, v in vars(args).items() if k not in ("service", "run", "log_level", "command")}
     try:
         settings = Settings.from_sources(flags, os.environ)
@@ -69,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from gpuserve.runner import serve
     from gpuserve.server import create_app
 
-    failure = serve(create_app(deployment), settings)
+    try:
+        failure = serve(create_app(deployment), settings)
+    finally:
+        deployment.close()  # e.g. leave the Ray cluster; the replicas have stopped
     if failure is not None:
         print(f"gpuserve: {failure}", file=sys.stderr)
         return 1

@@ -11,9 +11,12 @@ GPUs; each is an object with
     utilization   int   percent, 0..100
     temperature   int   degrees C (optional)
     mig           list  MIG instances (optional); each an object with
-                        uuid ("MIG-…"), name, memory_total, memory_used.
-                        Present means MIG is enabled: CUDA then sees the GPU
-                        only as these instances (none, if the list is empty).
+                        uuid ("MIG-…"), name, memory_total, memory_used, and
+                        optionally gpu_instance and compute_instance (the ids
+                        `MIG-<GPU UUID>/<gi>/<ci>` names). Present means MIG
+                        is enabled: CUDA then sees the GPU only as these
+                        instances (none, if the list is empty), and one
+                        process sees one MIG device (see `visibility`).
 
 The list order stands for the CUDA driver's own order (what the default
 `CUDA_DEVICE_ORDER=FASTEST_FIRST` enumerates). NVML indices are given by PCI
@@ -69,6 +72,8 @@ _MIG_FIELDS = {
     "name": (str, True),
     "memory_total": (int, True),
     "memory_used": (int, True),
+    "gpu_instance": (int, False),
+    "compute_instance": (int, False),
 }
 
 
@@ -90,6 +95,16 @@ class FakeSource:
         ]
         self._require_unique("uuid", uuids, key=str)
         self._require_unique("pci_bus_id", [gpu["pci_bus_id"] for gpu in entries], key=pci_key)
+        self._require_unique(
+            "GPU uuid/gpu_instance/compute_instance",
+            [
+                f"{gpu['uuid']}/{mig['gpu_instance']}/{mig['compute_instance']}"
+                for gpu in entries
+                for mig in gpu.get("mig", [])
+                if "gpu_instance" in mig and "compute_instance" in mig
+            ],
+            key=str.lower,
+        )
         by_bus = sorted(range(len(entries)), key=lambda i: pci_key(entries[i]["pci_bus_id"]))
         nvml_index = {position: rank for rank, position in enumerate(by_bus)}
         return [self._gpu(gpu, nvml_index[position]) for position, gpu in enumerate(entries)]
@@ -107,6 +122,8 @@ class FakeSource:
                 memory_used=child["memory_used"],
                 pci_bus_id=entry["pci_bus_id"],
                 mig_parent=entry["uuid"],
+                gpu_instance=child.get("gpu_instance"),
+                compute_instance=child.get("compute_instance"),
             )
             for child in entry.get("mig", [])
         )

@@ -95,14 +95,34 @@ class NvmlSource:
                     memory_used=int(memory.used),
                     pci_bus_id=parent.pci_bus_id,
                     mig_parent=parent.uuid,
+                    gpu_instance=self._optional(pynvml, lambda: pynvml.nvmlDeviceGetGpuInstanceId(mig)),
+                    compute_instance=self._optional(pynvml, lambda: pynvml.nvmlDeviceGetComputeInstanceId(mig)),
                 )
             )
         return tuple(instances)
 
     @staticmethod
     def _optional(pynvml: Any, read: Any) -> Any:
-        """A reading some GPUs do not support (utilization, temperature, MIG mode)."""
+        """A reading some GPUs do not support (utilization, temperature, MIG mode and ids)."""
         try:
             return read()
         except pynvml.NVMLError:
             return None
+
+
+def driver_versions() -> dict[str, str] | None:
+    """The NVIDIA driver's version and the CUDA version it supports (`{"version": "570.86.15", "cuda": "12.8"}`),
+    from NVML; None without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no library, no driver: nothing to describe
+        return None
+    try:
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return {"version": _text(pynvml.nvmlSystemGetDriverVersion()), "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}"}
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()

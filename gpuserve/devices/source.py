@@ -29,6 +29,9 @@ class NvmlGpu:
     mig_enabled: bool = False  # CUDA then sees this GPU only through its instances
     mig: tuple[NvmlGpu, ...] = ()
     mig_parent: str | None = None  # the parent's uuid, on a MIG instance
+    # A MIG instance's ids on its GPU (what `MIG-<GPU UUID>/<gi>/<ci>` names); None where unknown.
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
 
 
 class SourceUnavailable(Exception):

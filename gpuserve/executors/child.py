@@ -30,11 +30,9 @@ import sys
 from typing import Any
 
 from gpuserve.executors import wire
-from gpuserve.executors.base import Placement
+from gpuserve.executors.hosting import build_replica, import_service
 from gpuserve.executors.replica import Replica
-from gpuserve.loader import load_service
 from gpuserve.outcomes import Failure
-from gpuserve.registry import default_registry
 
 _CHUNK = 1 << 20
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -81,19 +79,8 @@ class _Inbox:
 
 def _build(conn: socket.socket) -> Replica:
     build = wire.recv(conn)
-    for entry in reversed(build["sys_path"]):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    spec = load_service(build["service"])
-    backend_cls = default_registry().get(build["backend"]).cls
-    if backend_cls is None:
-        raise RuntimeError(f"backend {build['backend']!r} failed to load in the worker process")
-    backend = backend_cls()
-    placement: Placement = build["placement"]
-    backend.limit_visibility(placement.devices)
-    replica = Replica(spec, placement.context(backend), placement.process_memory_fraction)
-    replica.build()
-    return replica
+    spec = import_service(build["service"], build["sys_path"])
+    return build_replica(spec, build["backend"], build["placement"])
 
 
 def serve(fd: int) -> None:

@@ -31,7 +31,7 @@ TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _timeout(raw: str) -> float:
+def request_timeout(raw: str) -> float:
     """The request's own deadline in seconds, from its header."""
     try:
         value = float(raw)
@@ -51,7 +51,7 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         rid = request_id(request)
         if not state.accepting:
-            return _not_ready(state, rid)
+            return not_accepting(state, rid)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -64,11 +64,12 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else _timeout(own), rows, rid)
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else request_timeout(own), rows,
+                                    rid)
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
-            return _closing(state, refusal(exc, rid))
+            return closing(state, refusal(exc, rid))
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the request if it has not started.
         try:
@@ -77,9 +78,9 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             failure = exc.failure
             log.error("%r failed for request %s: %s: %s\n%s", name, rid, failure.type, failure.message,
                       failure.traceback.rstrip())
-            return _closing(state, json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type))
+            return closing(state, json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type))
         except Refused as exc:
-            return _closing(state, refusal(exc, rid))
+            return closing(state, refusal(exc, rid))
         response = web.Response(body=payload, content_type="application/json")
         response.headers[HEADER] = rid
         if state.stopping:
@@ -89,17 +90,17 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
     return handle
 
 
-def _closing(state: ServerState, response: web.Response) -> web.Response:
-    """`response`, with `Connection: close` while the server stops."""
+def closing(state: ServerState, response: web.Response) -> web.Response:
+    """`response`, with `Connection: close` while the server stops (every protocol's answers)."""
     if state.stopping:
         response.force_close()
     return response
 
 
-def _not_ready(state: ServerState, rid: str) -> web.Response:
-    """503 with why the server cannot take the request now."""
+def not_accepting(state: ServerState, rid: str) -> web.Response:
+    """503 with why the server takes no request now (`state.accepting` is False)."""
     reason = state.readiness() or "replicas are still being built"
-    return _closing(state, json_error(503, f"not ready: {reason}", rid, retry_after=1))
+    return closing(state, json_error(503, f"not ready: {reason}", rid, retry_after=1))
 
 
 def add_native_routes(app: web.Application, state: ServerState) -> None:
@@ -107,13 +108,18 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        """200 while some replica can take work, else 503 with why; each replica's state either way."""
+        """200 while some replica can take work ("degraded" while others are rebuilt), else 503 with why;
+        each replica's state either way."""
         states = {key: health["state"] for key, health in state.pool.health_snapshot().items()}
         reason = state.readiness()
-        if reason is None:
+        if reason is not None:
+            response = json_error(503, f"not ready: {reason}", request_id(request), retry_after=1, states=states)
+            return closing(state, response)
+        replacing = state.pool.replacing
+        if not replacing:
             return web.json_response({"status": "ready", "replicas": len(states), "states": states})
-        response = json_error(503, f"not ready: {reason}", request_id(request), retry_after=1, states=states)
-        return _closing(state, response)
+        return web.json_response({"status": "degraded", "replicas": len(states), "replacing": replacing,
+                                  "states": states})
 
     async def stats(_: web.Request) -> web.Response:
         snapshot = {**state.batcher.read_stats().snapshot(), "replicas": state.pool.health_snapshot()}

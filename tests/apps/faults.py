@@ -12,9 +12,8 @@ import ctypes
 import os
 import time
 
-from batching_apps import DIR, journal, where
-
 import gpuserve
+from gpuserve.testing.batching_app import DIR, journal, where
 
 HANG_AT_MOST_S = 600
 

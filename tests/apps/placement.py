@@ -62,3 +62,12 @@ class CurrentDevice:
     @gpuserve.api
     def where(self):
         return {**where(), "current": current_fake_device().uuid, "current_at_init": self.current_at_init}
+
+
+@gpuserve.service(resources={"gpu": 1}, workers=2)
+class Unnamed:
+    """No backend named: `serve` chooses one (fake-gpu, on a fake inventory)."""
+
+    @gpuserve.api
+    def where(self):
+        return where()

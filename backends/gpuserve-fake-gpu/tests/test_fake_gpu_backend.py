@@ -43,3 +43,15 @@ def test_memory_caps_are_recorded_by_uuid(fake_gpus):
     assert applied_memory_caps()[device.uuid] == 0.5
     with pytest.raises(BackendError, match="fraction"):
         backend.limit_memory(device, 1.5)
+
+
+def test_a_process_sees_one_mig_device_as_cuda_would(fake_gpus):
+    mig = [{"uuid": f"MIG-0000000{i}-0000-4000-8000-000000000000", "name": "NVIDIA A100-SXM4-80GB MIG 3g.40gb",
+            "memory_total": 40 * 2**30, "memory_used": 0} for i in range(2)]
+    fake_gpus([fake_gpu(0, "NVIDIA A100-SXM4-80GB", mig=mig), fake_gpu(1)])
+    backend = FakeGpuBackend()
+    [seen] = backend.devices()
+    assert seen.uuid == mig[0]["uuid"] and seen.label == "cuda:0"
+    elsewhere = Device(index=1, uuid=mig[1]["uuid"], name="MIG", mig_parent=fake_gpu(0)["uuid"], enumerated=False)
+    with pytest.raises(BackendError, match="not visible in this process"):
+        backend.place(object(), elsewhere)

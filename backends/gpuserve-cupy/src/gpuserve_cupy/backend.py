@@ -18,12 +18,13 @@ from gpuserve.plugin import (
     BackendError,
     CapabilityError,
     Device,
+    ImageRequirements,
     MemoryInfo,
     Viability,
     cuda_device_uuid,
     cuda_driver_problem,
 )
-from gpuserve_cupy import inventory, placement
+from gpuserve_cupy import builds, inventory, placement
 
 INSTALL_HINT = "pip install gpuserve-cupy[cuda12] (or gpuserve-cupy[cuda13] for CUDA 13)"
 # Status 2 means "out of memory" in both CUDA APIs: cudaErrorMemoryAllocation, CUDA_ERROR_OUT_OF_MEMORY.
@@ -48,6 +49,14 @@ class CupyBackend(Backend):
             return Viability.no(f"cupy is not installed: {INSTALL_HINT}")
         problem = cuda_driver_problem()
         return Viability.no(problem) if problem else Viability.yes()
+
+    @classmethod
+    def cuda_build(cls) -> str | None:
+        return builds.cuda_build()
+
+    @classmethod
+    def image_requirements(cls, cuda: str | None) -> ImageRequirements:
+        return builds.image_requirements(cuda)
 
     def devices(self) -> list[Device]:
         runtime = _cupy().cuda.runtime

@@ -3,7 +3,11 @@
 It pairs with `GPUSERVE_FAKE_GPUS` (see FAKE_GPUS.md): replicas are bound to
 the fake GPUs exactly as they would be to real ones — planning, narrowing,
 per-worker environments, `gpuserve.context()` — while the arithmetic runs on
-the host. It is never chosen automatically; ask for it with `--backend fake-gpu`.
+the host. With `GPUSERVE_FAKE_GPUS` set and no backend named, `serve` and
+`plan` choose it (no framework can run on simulated devices); otherwise ask
+for it with `--backend fake-gpu`. `gpuserve.context().device` is the fake
+GPU's label (`"cuda:0"`): framework code that moves tensors there needs a real
+GPU, so services served here are framework-free, or CPU-only in their maths.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def current_fake_device() -> Device | None:
 class FakeGpuBackend(Backend):
     name = "fake-gpu"
     priority = -100
-    auto_select = False  # simulated hardware is only ever chosen by name
+    auto_select = False  # never chosen for real hardware ...
+    serves_fake_gpus = True  # ... and the one choice for simulated hardware
 
     @classmethod
     def viable(cls) -> Viability:
@@ -42,7 +47,8 @@ class FakeGpuBackend(Backend):
         return Viability.yes()
 
     def devices(self) -> list[Device]:
-        return list(discover(os.environ).devices)
+        # What one process enumerates, as CUDA would: a MIG device beside others is another process's.
+        return list(discover(os.environ).enumerated)
 
     def _check(self, device: Device) -> Device:
         if device.is_gpu:

@@ -17,7 +17,17 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gpuserve.plugin import Backend, BackendError, Device, MemoryInfo, Viability, discover, host_memory
+from gpuserve.plugin import (
+    Backend,
+    BackendError,
+    Device,
+    ImageRequirements,
+    MemoryInfo,
+    Viability,
+    discover,
+    host_memory,
+)
+from gpuserve_tensorflow import builds
 from gpuserve_tensorflow.devices import HOST, NAME, physical_gpu, physical_gpus, require, tf_name, unable
 from gpuserve_tensorflow.mirrored import Mirrored
 from gpuserve_tensorflow.placement import place, variables_of
@@ -41,6 +51,14 @@ class TensorFlowBackend(Backend):
         if importlib.util.find_spec("tensorflow") is None:
             return Viability.no("tensorflow is not installed: pip install gpuserve-tensorflow[cpu] or [gpu]")
         return Viability.yes()
+
+    @classmethod
+    def cuda_build(cls) -> str | None:
+        return builds.cuda_build()
+
+    @classmethod
+    def image_requirements(cls, cuda: str | None) -> ImageRequirements:
+        return builds.image_requirements(cuda)
 
     # -- discovery and visibility -------------------------------------------------
     def devices(self) -> list[Device]:

@@ -16,11 +16,13 @@ from gpuserve.plugin import (
     BackendError,
     CapabilityError,
     Device,
+    ImageRequirements,
     MemoryInfo,
     Viability,
     host_memory,
     same_device,
 )
+from gpuserve_torch import builds
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,14 @@ class TorchBackend(Backend):
         if importlib.util.find_spec("torch") is None:
             return Viability.no("torch is not installed: pip install gpuserve-torch")
         return Viability.yes()
+
+    @classmethod
+    def cuda_build(cls) -> str | None:
+        return builds.cuda_of(builds.installed())
+
+    @classmethod
+    def image_requirements(cls, cuda: str | None) -> ImageRequirements:
+        return builds.image_requirements(cuda)
 
     def devices(self) -> list[Device]:
         torch = _torch()

@@ -1,4 +1,4 @@
-"""The test side of `batching_apps`: gates that hold executors, the journal, `/stats`."""
+"""The test side of `batching_app`: gates that hold executors, the journal, `/stats`."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import concurrent.futures
 import contextlib
 import itertools
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import attrs
 
-from serving import Reply, Server
+from gpuserve.testing.served import Reply, Server
 
 _gate_names = itertools.count()
 
@@ -29,6 +31,11 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15) ->
 
 def stats(server: Server, api: str) -> dict:
     return server.get("stats").body[api]
+
+
+def wait_until_running(server: Server, api: str, timeout: float = 30) -> None:
+    """Wait until `api` has an item running on some executor (per /stats)."""
+    wait_until(lambda: any(stats(server, api)["in_flight"].values()), f"{api} runs", timeout)
 
 
 def journal(directory: Path, api: str, prefix: str = "") -> list[dict]:
@@ -93,3 +100,32 @@ def post_and_leave(server: Server, api: str, body: dict, queued: Callable[[], bo
             f"Content-Length: {len(data)}\r\n\r\n".encode() + data
         )
         wait_until(queued, f"the request to {api} is queued")
+
+
+def post_all(server: Server, api: str, items: list[str], **kw: Any) -> list[concurrent.futures.Future[Reply]]:
+    """Post one request of one row per item concurrently; the futures of their replies (see `one_row`)."""
+    pool = concurrent.futures.ThreadPoolExecutor(len(items))
+    futures = [pool.submit(one_row, server, api, i, **kw) for i in items]
+    pool.shutdown(wait=False)
+    return futures
+
+
+def queued(server: Server, api: str, depth: int) -> None:
+    wait_until(lambda: stats(server, api)["queue_depth"] == depth, f"{depth} {api} request(s) are queued")
+
+
+def timed_post(server: Server, api: str, item: object, **kw: Any) -> tuple[Reply, float]:
+    """`one_row`, and how long its answer took."""
+    start = time.monotonic()
+    reply = one_row(server, api, item, **kw)
+    return reply, time.monotonic() - start
+
+
+def running(pid: int) -> bool:
+    """False once the process is gone or a zombie with no thread left, ready to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z" or len(os.listdir(f"/proc/{pid}/task")) > 1
+    except FileNotFoundError:
+        return False

@@ -1,4 +1,4 @@
-"""A service that makes batching observable from outside the server.
+"""A service that makes batching observable from outside the server (`gpuserve.testing.batching_app:Batching`).
 
 `hold` keeps its executor busy until the test creates the gate file it names,
 so tests can force requests to queue without guessing at timings. Every call

@@ -1,0 +1,2 @@
+FROM ${image}
+RUN python -m venv /opt/venv

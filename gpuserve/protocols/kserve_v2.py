@@ -1,0 +1,216 @@
+"""The KServe v2 / Open Inference Protocol over HTTP, with Triton's binary tensor and model configuration
+extensions: `tritonclient` (and any v2 client) works unchanged.
+
+Every API of the service is a v2 model named after it, with one version, "1"
+(`v2_model.py` reads its tensors from the declarations). An inference request
+is parsed (`v2_request.py`), its arguments go through the same batcher as the
+native route's (a request of shape [n, ...] to a batchable API is n rows,
+merged with other requests' rows), and its outputs are encoded beside the
+model into NumPy arrays (`v2_model.Outputs`), then framed here: as JSON, or as
+binary data after the JSON header when asked (`binary_data`,
+`binary_data_output`), written from the arrays' own buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+import gpuserve
+from gpuserve.batching import ItemFailed, Refused
+from gpuserve.protocols.errors import json_error, refusal
+from gpuserve.protocols.json_codec import BadRequest
+from gpuserve.protocols.native import TIMEOUT_HEADER, closing, not_accepting, request_timeout
+from gpuserve.protocols.request_ids import request_id
+from gpuserve.protocols.v2_model import DTYPES, NotATensor, Outputs, V2Model, v2_model
+from gpuserve.protocols.v2_request import Parsed, V2BadRequest, header_length, parse
+
+if TYPE_CHECKING:
+    from gpuserve.state import ServerState
+
+log = logging.getLogger("gpuserve.api")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+VERSION = "1"
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+_LENGTH = struct.Struct("<I")
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _triton_type(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def _config(model: V2Model) -> dict[str, Any]:
+    """Triton's model configuration: dims leave out the batch dimension when the model batches."""
+    api = model.api
+    skip = 1 if api.batchable else 0
+
+    def tensors(items: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "data_type": _triton_type(t.datatype), "dims": list(t.shape[skip:]) or [1]}
+                for t in items]
+
+    config: dict[str, Any] = {
+        "name": model.name, "platform": "gpuserve", "backend": "gpuserve",
+        "max_batch_size": api.max_batch_size if api.batchable else 0,
+        "input": tensors(model.inputs), "output": tensors(model.outputs),
+    }
+    if api.batchable:  # gpuserve batches whenever a device is free: no delay to wait out
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": 0}
+    return config
+
+
+def _metadata(model: V2Model) -> dict[str, Any]:
+    return {"name": model.name, "versions": [VERSION], "platform": "gpuserve",
+            "inputs": [t.describe() for t in model.inputs], "outputs": [t.describe() for t in model.outputs]}
+
+
+def _raw(array: Any, datatype: str) -> bytes | memoryview:
+    """A tensor's binary form: little-endian, row-major; BYTES as a 4-byte length and the bytes.
+
+    A numeric array comes as a view of its own buffer (a copy only when it is not
+    contiguous little-endian already): the answer's one copy is its final join.
+    """
+    if datatype == "BYTES":
+        parts = []
+        for value in array.ravel():
+            data = value.encode() if isinstance(value, str) else bytes(value)
+            parts += (_LENGTH.pack(len(data)), data)
+        return b"".join(parts)
+    contiguous = np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<"))
+    return memoryview(contiguous).cast("B")
+
+
+def _json_data(array: Any, datatype: str) -> Any:
+    if datatype == "BYTES":
+        return [v if isinstance(v, str) else bytes(v).decode(errors="replace") for v in array.ravel()]
+    return np.ascontiguousarray(array).ravel()
+
+
+def _answer(model: V2Model, parsed: Parsed, outputs: dict[str, Any], rid: str) -> web.Response:
+    entries, blobs = [], []
+    by_name = {t.name: t for t in model.outputs}
+    for name in parsed.requested.names:
+        array, datatype = outputs[name], by_name[name].datatype
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if parsed.requested.binary[name]:
+            blob = _raw(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(array, datatype)
+        entries.append(entry)
+    header: dict[str, Any] = {"model_name": model.name, "model_version": VERSION, "outputs": entries}
+    if parsed.request_id is not None:
+        header["id"] = parsed.request_id
+    head = orjson.dumps(header, option=_OPTIONS)
+    headers = {"X-Request-ID": rid}
+    if not blobs:
+        return web.Response(body=head, content_type="application/json", headers=headers)
+    headers[HEADER_LENGTH] = str(len(head))
+    return web.Response(body=b"".join((head, *blobs)), content_type="application/octet-stream", headers=headers)
+
+
+def add_v2_routes(app: web.Application, state: ServerState) -> None:
+    models: dict[str, V2Model] = {}
+    unavailable: dict[str, str] = {}  # API name -> why it has no v2 form
+    for api in state.deployment.spec.apis.values():
+        try:
+            models[api.name] = v2_model(api)
+        except NotATensor as exc:
+            unavailable[api.name] = str(exc)
+    encoders = {name: Outputs(m.outputs, m.columns, m.api.batchable) for name, m in models.items()}
+    batcher = state.batcher
+    settings = state.deployment.settings
+
+    def model_of(request: web.Request) -> V2Model | web.Response:
+        name = request.match_info["model"]
+        rid = request_id(request)
+        version = request.match_info.get("version")
+        if name in unavailable:
+            return json_error(404, f"model {name!r} is not served over the v2 protocol: {unavailable[name]}", rid)
+        if name not in models:
+            return json_error(404, f"unknown model {name!r}", rid)
+        if version is not None and version != VERSION:
+            return json_error(404, f"model {name!r} has no version {version!r}; versions: [{VERSION!r}]", rid)
+        return models[name]
+
+    def not_ready(request: web.Request) -> web.Response | None:
+        """For the ready routes: None while some replica can take work (as `/readyz`)."""
+        reason = state.readiness()
+        if reason is None:
+            return None
+        return closing(state, json_error(503, f"not ready: {reason}", request_id(request), retry_after=1))
+
+    async def server_metadata(_: web.Request) -> web.Response:
+        return web.json_response({"name": "gpuserve", "version": gpuserve.__version__, "extensions": EXTENSIONS})
+
+    async def live(_: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(request: web.Request) -> web.Response:
+        return not_ready(request) or web.json_response({"ready": True})
+
+    async def metadata(request: web.Request) -> web.Response:
+        found = model_of(request)
+        return found if isinstance(found, web.Response) else web.json_response(_metadata(found))
+
+    async def config(request: web.Request) -> web.Response:
+        found = model_of(request)
+        return found if isinstance(found, web.Response) else web.json_response(_config(found))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        found = model_of(request)
+        if isinstance(found, web.Response):
+            return found
+        return not_ready(request) or web.json_response({"name": found.name, "ready": True})
+
+    async def infer(request: web.Request) -> web.Response:
+        found = model_of(request)
+        if isinstance(found, web.Response):
+            return found
+        rid = request_id(request)
+        if not state.accepting:
+            return not_accepting(state, rid)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)",
+                              rid)
+        try:
+            parsed = parse(found, body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
+            own = request.headers.get(TIMEOUT_HEADER)
+            future = batcher.submit(found.name, parsed.kwargs, encoders[found.name],
+                                    None if own is None else request_timeout(own), parsed.rows, rid)
+        except (V2BadRequest, BadRequest) as exc:
+            return json_error(400, str(exc), rid)
+        except Refused as exc:
+            return closing(state, refusal(exc, rid))
+        try:
+            outputs = await future
+        except ItemFailed as exc:
+            failure = exc.failure
+            log.error("%r failed for request %s: %s: %s\n%s", found.name, rid, failure.type, failure.message,
+                      failure.traceback.rstrip())
+            return closing(state, json_error(500, f"{found.name!r} failed: {exc}", rid, type=failure.type))
+        except Refused as exc:
+            return closing(state, refusal(exc, rid))
+        return closing(state, _answer(found, parsed, outputs, rid))
+
+    router = app.router
+    router.add_get("/v2", server_metadata)
+    router.add_get("/v2/", server_metadata)
+    router.add_get("/v2/health/live", live)
+    router.add_get("/v2/health/ready", ready)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        router.add_get(prefix, metadata)
+        router.add_get(f"{prefix}/ready", model_ready)
+        router.add_get(f"{prefix}/config", config)
+        router.add_post(f"{prefix}/infer", infer)
+

@@ -1,0 +1,221 @@
+"""The KServe v2 protocol, driven by the clients people use: tritonclient.http and tritonclient.http.aio.
+
+Every datatype as JSON and as binary, rows merged with other requests', the
+outputs a request asks for, and the error paths: the client raises
+InferenceServerException with the server's message, and the next good request
+succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+httpclient = pytest.importorskip("tritonclient.http")
+aioclient = pytest.importorskip("tritonclient.http.aio")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from serving import serve  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serve("tensors:Tensors", "--no-access-log", log_dir=tmp_path_factory.mktemp("v2")) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    with httpclient.InferenceServerClient(url=server.url.removeprefix("http://")) as c:
+        yield c
+
+
+def tensor(name, array, datatype, binary=True):
+    given = httpclient.InferInput(name, list(array.shape), datatype)
+    given.set_data_from_numpy(array, binary_data=binary)
+    return given
+
+
+def wanted(name, binary=True):
+    return httpclient.InferRequestedOutput(name, binary_data=binary)
+
+
+def test_health_metadata_and_config(client):
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("scale")
+    assert client.is_model_ready("scale", "1") and not client.is_model_ready("scale", "2")
+    meta = client.get_server_metadata()
+    assert meta["name"] == "gpuserve" and {"binary_tensor_data", "model_configuration"} <= set(meta["extensions"])
+    model = client.get_model_metadata("score")
+    assert model["versions"] == ["1"]
+    assert model["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]  # batch dimension included
+    assert model["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [-1]},
+                                {"name": "scores", "datatype": "FP64", "shape": [-1, -1]}]
+    config = client.get_model_config("scale")
+    assert config["max_batch_size"] == 8 and "dynamic_batching" in config
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]
+    assert client.get_model_config("count")["max_batch_size"] == 0
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_fp32_rows_in_and_out(client, binary):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    result = client.infer("scale", [tensor("x", x, "FP32", binary)], outputs=[wanted("output", binary)])
+    np.testing.assert_array_equal(result.as_numpy("output"), x * 2)
+    assert (result.get_output("output").get("parameters") is not None) == binary
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_int64_bool_and_bytes(client, binary):
+    ids = np.array([3, 4, 2**40], dtype=np.int64)
+    result = client.infer("count", [tensor("ids", ids, "INT64", binary)], outputs=[wanted("output", binary)])
+    assert result.as_numpy("output").tolist() == [3 + 4 + 2**40]
+    flags = np.array([True, False, True])
+    result = client.infer("negate", [tensor("flags", flags, "BOOL", binary)], outputs=[wanted("output", binary)])
+    assert result.as_numpy("output").tolist() == [False, True, False]
+    text = np.array([b"hello", "naïve".encode()], dtype=object)
+    result = client.infer("shout", [tensor("text", text, "BYTES", binary)], outputs=[wanted("output", binary)])
+    assert [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("output")] == [
+        b"HELLO!", "NAÏVE!".encode()]
+
+
+def test_fp16_as_binary_and_refused_as_json(client):
+    x = np.array([1.0, 3.0, -0.5], dtype=np.float16)
+    result = client.infer("half", [tensor("x", x, "FP16")])  # no outputs named: all, as binary
+    np.testing.assert_array_equal(result.as_numpy("output"), x / 2)
+    with pytest.raises(InferenceServerException, match="FP16 has no JSON form") as refused:
+        client.infer("half", [tensor("x", x, "FP16", binary=False)])
+    assert refused.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="no JSON form"):
+        client.infer("half", [tensor("x", x, "FP16")], outputs=[wanted("output", binary=False)])
+
+
+EVERY = {"u8": ("UINT8", np.uint8), "u16": ("UINT16", np.uint16), "u32": ("UINT32", np.uint32),
+         "u64": ("UINT64", np.uint64), "i8": ("INT8", np.int8), "i16": ("INT16", np.int16),
+         "i32": ("INT32", np.int32), "i64": ("INT64", np.int64), "f32": ("FP32", np.float32),
+         "f64": ("FP64", np.float64)}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_every_datatype(client, binary):
+    inputs = [tensor(name, np.array([1, 2], dtype=dtype), datatype, binary) for name, (datatype, dtype) in
+              EVERY.items() if name != "u64"]
+    inputs.append(tensor("u64", np.array([2**63 + 5], dtype=np.uint64), "UINT64", binary))
+    inputs.append(tensor("b", np.array([True, True, False]), "BOOL", binary))
+    inputs.append(tensor("s", np.array([b"four"], dtype=object), "BYTES", binary))
+    result = client.infer("every", inputs)
+    assert result.as_numpy("label").tolist() == [(2**63 + 5) % 1000 + 2 + 4]  # u64 arrived whole
+    assert result.as_numpy("scores").tolist() == [9 * 3.0]
+
+
+def test_records_become_one_output_per_field_and_only_those_asked_for_come_back(client):
+    x = np.array([[0.1, 0.9, 0.0], [0.7, 0.2, 0.1]], dtype=np.float32)
+    result = client.infer("score", [tensor("x", x, "FP32")], request_id="my-42")
+    assert result.as_numpy("label").tolist() == [1, 0]
+    np.testing.assert_allclose(result.as_numpy("scores"), x, rtol=1e-6)
+    assert result.get_response()["id"] == "my-42"
+    only = client.infer("score", [tensor("x", x, "FP32")], outputs=[wanted("label")])
+    assert [o["name"] for o in only.get_response()["outputs"]] == ["label"]
+
+
+def test_requests_of_several_rows_are_merged_and_each_gets_its_own(server):
+    def call(i):
+        with httpclient.InferenceServerClient(url=server.url.removeprefix("http://")) as c:
+            x = np.full((1 + i % 4, 4), float(i), dtype=np.float32)
+            return i, c.infer("scale", [tensor("x", x, "FP32")]).as_numpy("output")
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(call, range(36)))
+    for i, output in answers:
+        assert output.shape == (1 + i % 4, 4) and (output == 2.0 * i).all()
+    batches = server.get("stats").body["scale"]["batch_requests"]
+    assert max(int(k) for k in batches) > 1, batches
+
+
+ERRORS = [
+    ("unknown model", lambda c: c.infer("nope", [tensor("x", np.zeros(4, np.float32), "FP32")]),
+     "404", "unknown model 'nope'"),
+    ("unknown version", lambda c: c.infer("scale", [tensor("x", np.zeros((1, 4), np.float32), "FP32")],
+                                          model_version="7"), "404", "no version '7'"),
+    ("unknown input", lambda c: c.infer("scale", [tensor("y", np.zeros((1, 4), np.float32), "FP32")]),
+     "400", "unknown input 'y'"),
+    ("wrong datatype", lambda c: c.infer("scale", [tensor("x", np.zeros((1, 4), np.float64), "FP64")]),
+     "400", "datatype 'FP64' is wrong: the model takes FP32"),
+    ("wrong shape", lambda c: c.infer("scale", [tensor("x", np.zeros((1, 5), np.float32), "FP32")]),
+     "400", "does not match the model's [-1, 4]"),
+    ("too many rows", lambda c: c.infer("scale", [tensor("x", np.zeros((9, 4), np.float32), "FP32")]),
+     "400", "1..8 rows"),
+    ("no tensor form", lambda c: c.get_model_metadata("opaque"), "404", "not served over the v2 protocol"),
+    ("the model fails", lambda c: c.infer("fail", [tensor("x", np.zeros(2, np.float32), "FP32")]),
+     "500", "RuntimeError: this model always fails"),
+]
+
+
+@pytest.mark.parametrize("call, status, message", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_errors_reach_the_client_with_the_servers_message(client, call, status, message):
+    with pytest.raises(InferenceServerException) as failed:
+        call(client)
+    assert failed.value.status() == status and message in failed.value.message()
+    x = np.ones((1, 4), dtype=np.float32)
+    np.testing.assert_array_equal(client.infer("scale", [tensor("x", x, "FP32")]).as_numpy("output"), x * 2)
+
+
+def post(server, path, header, binary=b"", header_length=None):
+    head = json.dumps(header).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head) if header_length is None else header_length)}
+    request = urllib.request.Request(server.url + path, data=head + binary, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as failed:
+        return failed.code, json.loads(failed.read())
+
+
+def x_input(shape, **parameters):
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "parameters": parameters}]}
+
+
+@pytest.mark.parametrize("header, binary, length, says", [
+    (x_input([1, 4], binary_data_size=64), b"\0" * 16, None, "runs past the end of the body"),
+    (x_input([1, 4], binary_data_size=-4), b"", None, "binary_data_size -4 is invalid"),
+    (x_input([1, 4], binary_data_size=16), b"\0" * 16, 10**6, "does not fit a body"),
+    (x_input([2**62, 4], binary_data_size=16), b"\0" * 16, None, "needs"),  # a product far past any body
+    (x_input([1, 4], binary_data_size=8), b"\0" * 8, None, "needs 16 bytes"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3]}]}, b"", None,
+     "holds 4 element(s), 'data' 3"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, "x", 4]}]}, b"", None,
+     "must be numbers"),
+    ({"inputs": []}, b"", None, "missing input(s) ['x']"),
+])
+def test_malformed_requests_are_400_and_the_next_good_one_succeeds(server, header, binary, length, says):
+    status, body = post(server, "/v2/models/scale/infer", header, binary, length)
+    assert status == 400 and says in body["error"], body
+    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1, 2, 3, 4]]}]}
+    status, raw = post(server, "/v2/models/scale/infer", good)
+    assert status == 200 and json.loads(raw)["outputs"][0]["data"] == [2, 4, 6, 8]
+
+
+def test_the_asyncio_client(server):
+    async def calls():
+        async with aioclient.InferenceServerClient(url=server.url.removeprefix("http://")) as c:
+            live, ready = await c.is_server_live(), await c.is_model_ready("scale")
+            given = aioclient.InferInput("x", [2, 4], "FP32")
+            given.set_data_from_numpy(np.ones((2, 4), dtype=np.float32))
+            results = await asyncio.gather(*(c.infer("scale", [given]) for _ in range(6)))
+            return live, ready, [r.as_numpy("output") for r in results]
+
+    live, ready, outputs = asyncio.run(calls())
+    assert live and ready and all((o == 2).all() and o.shape == (2, 4) for o in outputs)
+
+
+def test_not_ready_is_503_with_a_json_error(tmp_path):
+    with serve("basics:SlowStart", log_dir=tmp_path, wait_ready=False) as starting:
+        with httpclient.InferenceServerClient(url=starting.url.removeprefix("http://")) as c:
+            assert c.is_server_live() and not c.is_server_ready()
+        reply = starting.get("v2/health/ready")
+        assert reply.status == 503 and "not ready" in reply.body["error"]
