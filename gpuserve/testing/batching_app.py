@@ -54,6 +54,13 @@ class Batching:
         wait_for_gate(gate)
         return where()
 
+    @gpuserve.api(call_timeout=1.0)
+    def stall(self, gate: str) -> dict:
+        """`hold` with a call limit of a second: held past it, its replica is given up on and replaced."""
+        journal("stall", [gate])
+        wait_for_gate(gate)
+        return where()
+
     @gpuserve.api
     def whoami(self) -> dict:
         return where()

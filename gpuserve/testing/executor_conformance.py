@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -52,7 +53,7 @@ from gpuserve.testing.batching_client import (
 from gpuserve.testing.served import Server, serve
 
 APP = "gpuserve.testing.batching_app:Batching"
-APIS = {"hold", "whoami", "opaque", "work", "squeeze", "swallow", "timed", "warms_up", "die"}
+APIS = {"hold", "stall", "whoami", "opaque", "work", "squeeze", "swallow", "timed", "warms_up", "die"}
 QUEUE = 16
 
 
@@ -228,7 +229,22 @@ class ExecutorConformance:
         assert after["refusals"]["deadline"] == before["refusals"].get("deadline", 0) + 1
         assert after["outcomes"]["ok"] == before["outcomes"].get("ok", 0) + 3
 
-    # -- lost replicas (last: they replace the replica) -----------------------------------------
+    # -- lost and stuck replicas (last: they replace the replica) -------------------------------
+    def test_a_call_past_its_limit_fails_and_its_replica_is_replaced(self, server: Server, workdir: Path,
+                                                                       key: str) -> None:
+        before = server.get("stats").body["replicas"][key]
+        gate = f"stall-{time.monotonic_ns()}"
+        try:
+            stuck = server.post("stall", {"gate": gate}, timeout=60)  # `stall` may run a second
+            assert stuck.status == 504 and stuck.body["reason"] == "call_timeout"
+            wait_until(lambda: server.get("stats").body["replicas"][key]["restarts"] == before["restarts"] + 1,
+                       "the replica is rebuilt", timeout=60)
+            assert server.post("whoami", {}).status == 200
+            after = server.get("stats").body["replicas"][key]
+            assert after["state"] == "ready" and after["stuck"] == before["stuck"] + 1
+        finally:
+            (workdir / gate).touch()  # a thread left running in it ends
+
     def test_a_result_that_cannot_leave_the_replica_fails_alone(self, server: Server, process: None) -> None:
         pid = server.post("whoami", {}).body["pid"]
         reply = server.post("opaque", {})
