@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from benchmarks import (
-    RESULTS, chaos, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, v2,
+    RESULTS, chaos, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, streaming, v2,
 )
 from benchmarks.config import SCENARIOS, RunConfig
 
@@ -101,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("hotpath", hotpath.steps(config), lambda tick: hotpath.run(config, tick)))
     if "resnet" in config.scenarios:
         jobs.append(("resnet", resnet.steps(config), lambda tick: resnet.run(config, logs, tick)))
+    if "streaming" in config.scenarios:
+        jobs.append(("streaming", streaming.steps(config), lambda tick: streaming.run(config, logs, tick)))
     if "chaos" in config.scenarios:
         jobs.append(("chaos", chaos.steps(config), lambda tick: chaos.run(config, logs, tick)))
 

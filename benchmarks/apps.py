@@ -1,12 +1,14 @@
-"""The services gpuserve serves in the benchmarks: an echo, the example MLP, ResNet-50, and one that fails.
+"""The services gpuserve serves in the benchmarks: an echo, the example MLP, an image, a stream, ResNet-50
+and one that fails.
 
 The echo and the MLP come with and without batching. The MLP is the example
 classifier's own model and forward pass (`examples/classifier/model.py`),
 loaded from its file so that the baseline server runs exactly the same code.
 The batched MLP is typed as the example is: its body is checked at the door
-and its rows merged into one float32 array. ResNet-50 (scenario `resnet`)
-runs the same `classify` as its offline loop. `Chaos` fails on demand, for
-the `chaos` scenario.
+and its rows merged into one float32 array. `Images` echoes a tensor over the
+v2 protocol (scenario `v2`), `Streamer` yields 1 KB values (scenario
+`streaming`), ResNet-50 (scenario `resnet`) runs the same `classify` as its
+offline loop, and `Chaos` fails on demand (scenario `chaos`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -34,6 +37,16 @@ FEATURES = 8
 ROW = b"[0.5, -1.2, 3.3, 0.0, 2.1, -0.7, 1.5, 0.9]"
 BODY = b'{"x": ' + ROW + b"}"
 ROWS_BODY = b'{"x": [' + ROW + b"]}"
+# A streamed value: a string whose JSON is 1 KB; a stream of STREAM_VALUES of them per request.
+STREAM_VALUE = "v" * 1022
+STREAM_VALUES = 1000
+STREAM_BODY = b'{"n": %d}' % STREAM_VALUES
+
+
+def stream_values(n: int) -> Iterator[str]:
+    """What both servers stream: `n` values of 1 KB."""
+    for _ in range(n):
+        yield STREAM_VALUE
 
 
 def example_model() -> ModuleType:
@@ -109,6 +122,15 @@ class ResNet50:
     @gpuserve.api(batchable=True, max_batch_size=RESNET_BATCH, max_latency_ms=10_000)
     def classify(self, image: list[int]) -> list[int]:
         return self.net.classify(self.model, self.bank, image)
+
+
+@gpuserve.service(backend="cpu")
+class Streamer:
+    """A generator of 1 KB values: what streaming costs, the model aside."""
+
+    @gpuserve.api
+    def values(self, n: int) -> Iterator[str]:
+        yield from stream_values(n)
 
 
 CHAOS_DIR_ENV = "CHAOS_DIR"  # where the `chaos` scenario tells `Chaos` that its constructor should fail

@@ -7,6 +7,8 @@ would pick (uvloop when installed):
   POST /echo             {"x": ...} -> x, decoded and encoded on the event loop
   POST /predict          the example MLP, one request per call, in a model thread
   POST /predict_batched  the example MLP behind `MiniBatcher` (32 items or 5 ms)
+  POST /values           {"n": N} -> N values of 1 KB as Server-Sent Events, written by a
+                         `StreamResponse` as the generator yields them (the bytes gpuserve sends)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aiohttp import web
 # comparison would measure event loops instead of servers.
 from gpuserve.eventloop import new_event_loop
 
-from benchmarks.apps import example_model
+from benchmarks.apps import example_model, stream_values
 
 
 class MiniBatcher:
@@ -82,6 +84,18 @@ async def echo(request: web.Request) -> web.Response:
     return _json(orjson.loads(await request.read())["x"])
 
 
+async def values(request: web.Request) -> web.StreamResponse:
+    n = orjson.loads(await request.read())["n"]
+    response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+    response.content_type = "text/event-stream"
+    await response.prepare(request)
+    for value in stream_values(n):
+        await response.write(b"data: " + orjson.dumps(value) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
 def create_app() -> web.Application:
     code = example_model()
     model = code.build_model()
@@ -131,6 +145,7 @@ def create_app() -> web.Application:
     app.router.add_post("/predict", predict)
     app.router.add_post("/predict_batched", predict_batched)
     app.router.add_post("/image", image)
+    app.router.add_post("/values", values)
     app.router.add_get("/readyz", readyz)
     return app
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-SCENARIOS = ("device", "serve", "baseline", "v2", "scaling", "hotpath", "resnet", "chaos")
+SCENARIOS = ("device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet", "chaos")
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 256)

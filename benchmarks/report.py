@@ -24,6 +24,7 @@ TARGET_CONCURRENCY = 64
 # thread-isolated figures stand beside them in the table.
 MLP_TARGET = "mlp_batched_process"
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
+from benchmarks.streaming import CONCURRENCY as STREAMS, TARGET_RATIO, TARGET_WORKLOAD  # noqa: E402
 
 
 # -- ratios and targets ----------------------------------------------------------------
@@ -88,6 +89,11 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
     measured = net.get("ratio") if isinstance(net, dict) else None
     checks.append(_check(f"ResNet-50 (fp16 on GPUs) served items/s / offline items/s, batch {RESNET_BATCH}",
                          measured, ">=", 0.9))
+    streamed = {r["concurrency"]: r for r in _stream_ratios(results) if r["workload"] == TARGET_WORKLOAD}
+    for streams in STREAMS:
+        row = streamed.get(streams)
+        checks.append(_check(f"streaming 1 KB values/s / raw aiohttp StreamResponse values/s, {streams} stream(s)",
+                             row and row["ratio"], ">=", TARGET_RATIO))
     return checks + _chaos_targets(_rows(results, "chaos"))
 
 
@@ -114,6 +120,11 @@ def _chaos_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                max(stops) if stops else None, "<=", CHAOS_EXIT_MARGIN_S),
         _check("chaos: seconds a worker process outlives its SIGKILLed server", worker, "<=", 1.0),
     ]
+
+
+def _stream_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    streaming = results.get("streaming")
+    return streaming.get("ratios") or [] if isinstance(streaming, dict) else []
 
 
 def _check(name: str, value: float | None, op: str, limit: float) -> dict[str, Any]:
@@ -332,6 +343,14 @@ def summary(document: dict[str, Any]) -> str:
         parts.append(_table(["offline items/s", "served items/s", "ratio", "mean batch", "p50 ms", "p99 ms", "errors"],
                             [[net["offline_items_per_s"], net["served_items_per_s"], net["ratio"], net["mean_batch"],
                               net["p50_ms"], net["p99_ms"], net["errors"]]]))
+    if _stream_ratios(results):
+        parts.append("streaming 1 KB values, gpuserve vs raw aiohttp StreamResponse, same run: values/s are medians "
+                     "of rounds,\nratio the median of round-by-round ratios; CPU = server CPU us per value")
+        parts.append(_table(["workload", "streams", "values/s", "base values/s", "ratio", "CPU us", "base CPU",
+                             "errors"],
+                            [[r["workload"], r["concurrency"], r["values_per_s"], r["baseline_values_per_s"],
+                              r["ratio"], r["cpu_us_per_value"], r["baseline_cpu_us_per_value"], r["errors"]]
+                             for r in _stream_ratios(results)]))
     if _rows(results, "hotpath"):
         parts.append("hot path, in-process (best of repeats)")
         parts.append(_table(["step", "clients", "us/item", "over floor"],

@@ -2,8 +2,9 @@
 
 from gpuserve.arrays import Shape
 from gpuserve.context import ReplicaContext, context
+from gpuserve.outcomes import END
 from gpuserve.service import api, service
 
 __version__ = "0.1.0"
 
-__all__ = ["ReplicaContext", "Shape", "__version__", "api", "context", "service"]
+__all__ = ["END", "ReplicaContext", "Shape", "__version__", "api", "context", "service"]

@@ -54,7 +54,7 @@ class ArraySpec:
 
     dtype: str
     shape: tuple[int, ...] | None = None
-    max_rows: int | None = None  # a batchable API's max_batch_size: the first dimension's limit
+    max_rows: int | None = None  # rows one request of a batchable API may carry: the first dimension's limit
 
     def describe(self) -> str:
         if self.shape is None:

@@ -14,6 +14,15 @@ status, message and request id: `BadRequestError` (4xx), `ServerError` (5xx),
 `UnavailableError` (503, with `retry_after` in seconds) and `DeadlineError`
 (504). `call(api, arguments, timeout=..., request_id=...)` gives the request
 its own deadline (the `X-Request-Timeout` header) or id.
+
+A streaming API's values come one by one from `stream(api, arguments)` (an
+iterator; an async iterator from `AsyncClient`), each as the server sends it:
+
+    for token in client.stream("generate", {"prompt": ["Once"]}):
+        print(token, end="", flush=True)
+
+An error event raises `StreamError` (`type` or `reason` in its `body`), as
+does a stream cut short before its end.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import functools
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -63,6 +72,11 @@ class DeadlineError(ServerError):
     """504: the request's deadline passed before it was answered."""
 
 
+class StreamError(ClientError):
+    """A stream that ended early: an error event (its `body` names the exception's `type` or the limit's
+    `reason`), or a stream cut before its end."""
+
+
 def _error(status: int, raw: bytes, headers: Mapping[str, str]) -> ClientError:
     try:
         body = orjson.loads(raw) if raw else None
@@ -77,6 +91,42 @@ def _error(status: int, raw: bytes, headers: Mapping[str, str]) -> ClientError:
         return DeadlineError(status, message, request_id, body)
     kind = ServerError if status >= 500 else BadRequestError
     return kind(status, message, request_id, body)
+
+
+_DONE = "[DONE]"  # the last event of every stream
+
+
+class _Events:
+    """Server-Sent Events from the lines of a stream: each event as (kind, data) when its blank line comes."""
+
+    def __init__(self) -> None:
+        self.kind, self.data = "message", []
+
+    def feed(self, raw: bytes) -> tuple[str, str] | None:
+        line = raw.decode().rstrip("\r\n")
+        if line:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                self.kind = value
+            elif field == "data":
+                self.data.append(value)
+            return None
+        event = (self.kind, "\n".join(self.data)) if self.data else None
+        self.kind, self.data = "message", []
+        return event
+
+
+def _value(event: tuple[str, str], status: int, request_id: str | None) -> Any:
+    kind, data = event
+    body = orjson.loads(data)
+    if kind == "error":
+        raise StreamError(status, body.get("error", ""), request_id, body)
+    return body
+
+
+def _cut(status: int, request_id: str | None) -> StreamError:
+    return StreamError(status, "the stream was cut before its end", request_id, None)
 
 
 def _request_headers(timeout: float | None, request_id: str | None) -> dict[str, str]:
@@ -108,6 +158,28 @@ class Client:
                 return orjson.loads(answer.read())
         except urllib.error.HTTPError as failed:
             raise _error(failed.code, failed.read(), failed.headers) from None
+
+    def stream(self, api: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None,
+               request_id: str | None = None) -> Iterator[Any]:
+        """`POST /<api>` of a streaming API: its values as they arrive; `timeout`: the deadline to the first."""
+        request = urllib.request.Request(
+            f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS), method="POST",
+            headers={**_request_headers(timeout, request_id), "Accept": "text/event-stream"},
+        )
+        wait = self.timeout if timeout is None else max(self.timeout, timeout + 1)
+        try:
+            answer = urllib.request.urlopen(request, timeout=wait)
+        except urllib.error.HTTPError as failed:
+            raise _error(failed.code, failed.read(), failed.headers) from None
+        with answer:
+            events, rid = _Events(), answer.headers.get(ID_HEADER)
+            for raw in answer:
+                event = events.feed(raw)
+                if event is not None:
+                    if event[1] == _DONE:
+                        return
+                    yield _value(event, answer.status, rid)
+        raise _cut(answer.status, rid)
 
     def ready(self) -> bool:
         """Whether the server answers `/readyz` with 200."""
@@ -142,6 +214,7 @@ class AsyncClient:
         import aiohttp
 
         self.url = url.rstrip("/")
+        self._timeout = timeout
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def call(self, api: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None,
@@ -155,6 +228,28 @@ class AsyncClient:
             if answer.status >= 400:
                 raise _error(answer.status, raw, answer.headers)
             return orjson.loads(raw)
+
+    async def stream(self, api: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None,
+                     request_id: str | None = None) -> AsyncIterator[Any]:
+        """`POST /<api>` of a streaming API: its values as they arrive; `timeout`: the deadline to the first."""
+        import aiohttp
+
+        async with self._session.post(
+            f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS),
+            headers={**_request_headers(timeout, request_id), "Accept": "text/event-stream"},
+            # A stream may last longer than any one answer: only the wait for each piece is bounded.
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=self._timeout),
+        ) as answer:
+            if answer.status >= 400:
+                raise _error(answer.status, await answer.read(), answer.headers)
+            events, rid = _Events(), answer.headers.get(ID_HEADER)
+            async for raw in answer.content:
+                event = events.feed(raw)
+                if event is not None:
+                    if event[1] == _DONE:
+                        return
+                    yield _value(event, answer.status, rid)
+        raise _cut(answer.status, rid)
 
     async def ready(self) -> bool:
         async with self._session.get(f"{self.url}/readyz") as answer:

@@ -66,6 +66,12 @@ class ServingCollector:
             "gpuserve_reruns", "Requests run again alone after their batch failed as a whole or lost its replica",
             labels=["api"],
         )
+        streams = GaugeMetricFamily("gpuserve_streams_open", "Streams open, queued or running", labels=["api"])
+        values = CounterMetricFamily("gpuserve_stream_values", "Values streamed to the event loop", labels=["api"])
+        waiting = GaugeMetricFamily(
+            "gpuserve_streams_waiting_on_readers", "Streamed batches whose producer waits for a slow reader",
+            labels=["api"],
+        )
         for api, s in self._read_stats().apis.items():
             depth.add_metric([api], s.queue_depth)
             for key, n in s.in_flight.items():
@@ -81,7 +87,12 @@ class ServingCollector:
             for outcome, n in s.outcomes.items():
                 outcomes.add_metric([api, outcome], n)
             reruns.add_metric([api], s.reruns)
-        yield from (depth, in_flight, batches, queue_time, queued, exec_time, refusals, outcomes, reruns)
+            if s.streaming:
+                streams.add_metric([api], s.streams)
+                values.add_metric([api], s.stream_values)
+                waiting.add_metric([api], s.streams_waiting)
+        yield from (depth, in_flight, batches, queue_time, queued, exec_time, refusals, outcomes, reruns, streams,
+                    values, waiting)
 
 
 class ReplicaCollector:

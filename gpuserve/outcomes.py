@@ -3,20 +3,70 @@
 Executors produce these, the pool hands them up, the batcher settles each
 request from them. An `Encoder` is chosen by the protocol that received the
 request and applied beside the model (see `executors/replica.py`): a result
-never crosses to the event loop, or out of a worker process, unencoded.
+never crosses to the event loop, or out of a worker process, unencoded. A
+streaming API's values are encoded the same way, one by one, as they are
+yielded; `END` is what its method yields for a request whose stream is over,
+and a `StreamWindow` bounds how far its values may run ahead of its readers.
 """
 
 from __future__ import annotations
 
+import collections
 import traceback as _traceback
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+# A stream's buffer: the steps its producer may run ahead of its slowest reader,
+# and, past the first of them, the bytes those steps may hold.
+STREAM_WINDOW = 64
+STREAM_WINDOW_BYTES = 1 << 20
+
 # Turns one item's result into what its protocol sends. Must be picklable by
 # reference (a module-level function or a partial of one) to reach a worker process.
 Encoder = Callable[[Any], Any]
+
+
+class _End:
+    """`gpuserve.END`: yielded by a batchable streaming API in place of a request's value: its stream is over."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "gpuserve.END"
+
+
+END = _End()
+
+
+class StreamWindow:
+    """The steps a stream has sent past its credit (the steps every reader took), with their bytes.
+
+    Both ends of a stream count them alike: its producer waits while the window
+    is full, the event loop knows from the same count when the producer waits.
+    """
+
+    __slots__ = ("_sizes", "_first", "_bytes")
+
+    def __init__(self) -> None:
+        self._sizes: collections.deque[int] = collections.deque()  # bytes of each step past the credit
+        self._first = 0  # the number of the first of them
+        self._bytes = 0
+
+    def sent(self, size: int) -> None:
+        self._sizes.append(size)
+        self._bytes += size
+
+    def full(self, credited: int) -> bool:
+        """Whether the producer must wait, now that every reader took `credited` steps."""
+        sizes = self._sizes
+        if len(sizes) < STREAM_WINDOW and self._bytes < STREAM_WINDOW_BYTES:
+            return False  # whatever the credit: the steps it frees are let go when it matters
+        while self._first < credited and sizes:
+            self._bytes -= sizes.popleft()
+            self._first += 1
+        return len(sizes) >= STREAM_WINDOW or (bool(sizes) and self._bytes >= STREAM_WINDOW_BYTES)
 
 
 @attrs.frozen

@@ -8,6 +8,8 @@ executor for one batch at a time:
   the executor was lost while running it, `ExecutorStuck` when it was given up
   on); `cancel(index)` tells it that a request of that batch is gone, so an
   async call for it stops;
+- `stream(api, items, encoders, sink)` runs a batch of a streaming API, each
+  step to `sink` as it is yielded (`executors/streaming.py`);
 - `release()` gives it back once the batch is answered;
 - `abandon()` gives up on the batch it runs (the watchdog found it stuck);
 - `replace()` gives it back to be rebuilt instead (its executor was lost or
@@ -33,10 +35,10 @@ import traceback
 from collections.abc import Callable
 
 from gpuserve.errors import GpuserveError
-from gpuserve.executors.base import Executor, ExecutorDied, ExecutorStuck
+from gpuserve.executors.base import Executor, ExecutorDied, ExecutorStuck, StreamLink, StreamSink
 from gpuserve.health import ReplicaHealth, ReplicaState, not_taking_work, takes_work
 
-__all__ = ["DevicePool", "ExecutorDied", "ExecutorStuck", "Lease", "ReplicaBuildError"]
+__all__ = ["DevicePool", "ExecutorDied", "ExecutorStuck", "Lease", "ReplicaBuildError", "StreamLink", "StreamSink"]
 
 log = logging.getLogger(__name__)
 RESTART_DELAY_S = 0.1  # the first wait after a failed restart; it doubles each time
@@ -62,7 +64,7 @@ def _error_text(error: BaseException) -> str:
 class Lease:
     """One executor, lent for one batch at a time. `key` names it in stats and logs."""
 
-    __slots__ = ("_pool", "executor", "key", "run", "cancel", "health", "idle")
+    __slots__ = ("_pool", "executor", "key", "run", "stream", "cancel", "health", "idle")
 
     def __init__(self, pool: "DevicePool", executor: Executor) -> None:
         self._pool = pool
@@ -71,6 +73,7 @@ class Lease:
         # The executor's own bound method: no extra frame per batch. Its
         # executor object is restarted in place, so the method stays valid.
         self.run = executor.run
+        self.stream = executor.stream
         self.cancel = executor.cancel  # request `index` of the running batch is gone
         self.health = ReplicaHealth(executor.key)
         self.idle = False  # in the pool's queue of free leases

@@ -14,13 +14,14 @@ from importlib.metadata import entry_points
 from aiohttp import web
 
 from gpuserve import lifecycle
-from gpuserve.batching import Batcher
+from gpuserve.batching import Batcher, StreamLimits
 from gpuserve.deployment import Deployment
 from gpuserve.metrics import add_metrics_route
 from gpuserve.pool import DevicePool
 from gpuserve.protocols.kserve_v2 import add_v2_routes
 from gpuserve.protocols.native import add_fallback_route, add_native_routes
 from gpuserve.protocols.openapi import add_openapi_routes
+from gpuserve.protocols.streaming import add_stream_routes
 from gpuserve.registry import PLUGINS_GROUP
 from gpuserve.state import STATE, ServerState, StopBudget
 
@@ -39,13 +40,15 @@ def _load_plugins(app: web.Application) -> None:
 def create_app(deployment: Deployment) -> web.Application:
     settings = deployment.settings
     pool = DevicePool(deployment.executors(), max_build_failures=settings.max_build_failures)
+    limits = StreamLimits(settings.max_streams, settings.stream_timeout, settings.stream_gap_timeout)
     batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size, timeout=settings.timeout,
-                      call_timeout=settings.call_timeout)
+                      call_timeout=settings.call_timeout, stream_limits=limits)
     app = web.Application(client_max_size=settings.max_body_size)
     app[STATE] = ServerState(deployment, pool, batcher, StopBudget(settings.drain_timeout))
     app.on_shutdown.append(lifecycle.drain)
     app.cleanup_ctx.append(lifecycle.replicas)
     add_native_routes(app, app[STATE])
+    add_stream_routes(app, app[STATE])
     add_openapi_routes(app, app[STATE])
     add_v2_routes(app, app[STATE])
     add_metrics_route(app, app[STATE])

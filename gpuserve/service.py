@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
@@ -54,7 +53,8 @@ class ApiSpec:
     """One HTTP API of a service: `POST /<name>` calls `method_name`.
 
     `max_batch_size` counts rows: a batchable API's request carries 1..max_batch_size
-    of them (see `gpuserve.signature`); an API that is not batchable takes one row.
+    of them (see `gpuserve.signature`), a batchable stream's exactly one; an API
+    that is not batchable takes one row.
     """
 
     name: str
@@ -77,6 +77,15 @@ class ApiSpec:
     @property
     def is_async(self) -> bool:
         return self.signature.is_async
+
+    @property
+    def streams(self) -> bool:
+        return self.signature.streams
+
+    @property
+    def rows_per_request(self) -> int:
+        """The most rows one request may carry."""
+        return 1 if self.streams else self.max_batch_size
 
 
 @attrs.frozen
@@ -128,6 +137,13 @@ def api(
     `call_timeout` (seconds) is how long one call may run before it counts as
     stuck: its requests fail and its replica is replaced (default: the server's
     `--call-timeout`, else its `--timeout`).
+
+    A generator method streams: each value it yields is sent as soon as it is
+    yielded (`gpuserve.protocols.streaming`). A batchable one receives one row
+    per request and yields, per step, one value per row still taking part, or
+    `gpuserve.END` for a row whose stream is over; the yield expression then
+    evaluates to the positions, in what it yielded, of the rows that take part
+    in the next step (rows that ended, or whose client left, drop out).
     """
     if not isinstance(batchable, bool):
         raise DeclarationError(f"batchable={batchable!r} is invalid: expected True or False")
@@ -144,8 +160,6 @@ def api(
                 f"API name {route!r} is invalid: expected letters, digits, '_' or '-', "
                 f"not one of the reserved names {sorted(_RESERVED_ROUTES)}"
             )
-        if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
-            raise DeclarationError(f"API {f.__qualname__}: generator methods cannot be served yet")
         f.__gpuserve_api__ = ApiSpec(  # type: ignore[attr-defined]
             name=route,
             method_name=f.__name__,

@@ -46,6 +46,9 @@ class Settings:
     queue_size: int | None = attrs.field(default=None, validator=_positive)  # per API; None: derived
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)  # the whole stop, from the signal
     access_log: bool = True  # one line per request (logger "gpuserve.access")
+    max_streams: int = attrs.field(default=256, validator=_positive)  # open streams per streaming API
+    stream_timeout: float = attrs.field(default=600.0, validator=_positive)  # a stream's whole duration, seconds
+    stream_gap_timeout: float = attrs.field(default=60.0, validator=_positive)  # the longest silence between values
     # Seconds one call may run before its replica counts as stuck and is replaced; None: `timeout`.
     call_timeout: float | None = attrs.field(default=None, validator=_positive)
     # Builds of one replica that may fail in a row before the server counts as failed.

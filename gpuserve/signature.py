@@ -18,10 +18,17 @@ input, and describes every declared type as JSON Schema for the OpenAPI page.
 A batchable API's parameters carry a leading batch dimension: each request
 sends 1..max_batch_size rows (a list, or an array whose first dimension is
 the batch), the same number for every parameter.
+
+A generator method (`def` or `async def` with `yield`) streams: its return
+annotation names what it yields (`Iterator[X]`, `AsyncIterator[X]`, or the
+`Generator` forms), and `returns` holds X, the type of one value sent. A
+batchable one yields, per step, one value per row (`Iterator[list[X]]`), and
+each of its requests carries exactly one row: each request is one stream.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -56,9 +63,10 @@ class Signature:
     """What an API takes and returns, and the validator built from it (None: nothing is annotated)."""
 
     params: tuple[Param, ...]
-    returns: Any  # the return annotation, or `inspect.Parameter.empty`
-    is_async: bool
+    returns: Any  # the return annotation (a stream's: the type of one value), or `inspect.Parameter.empty`
+    is_async: bool  # runs on the replica's own event loop: `async def`, async generators included
     validator: Any = None  # a pydantic TypeAdapter of the request body; None without annotations
+    streams: bool = False  # a generator: each value is sent as it is yielded
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -103,6 +111,9 @@ def signature_of(func: Callable[..., Any], batchable: bool, max_batch_size: int)
         sig = inspect.signature(func, eval_str=True)
     except NameError as exc:
         raise DeclarationError(f"{where}: an annotation cannot be resolved: {exc}") from None
+    streams = inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
+    # Rows one request may carry: a stream is one request's, so a batchable stream takes one row.
+    rows = (1 if streams else max_batch_size) if batchable else None
     params = []
     for p in list(sig.parameters.values())[1:]:  # drop self
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
@@ -111,15 +122,43 @@ def signature_of(func: Callable[..., Any], batchable: bool, max_batch_size: int)
                 "APIs take named parameters only (the JSON body's keys)"
             )
         here = f"{where}, parameter {p.name!r}"
-        rows = max_batch_size if batchable else None
         spec = array_spec(p.annotation, here, rows) if p.annotation is not _EMPTY else None
         if batchable:
             _check_batchable(here, p.annotation, spec)
         params.append(Param(p.name, p.annotation, p.default, spec))
-    is_async = inspect.iscoroutinefunction(func)
+    is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+    returns = sig.return_annotation
+    if streams and returns is not _EMPTY:
+        returns = _yielded(where, returns, inspect.isasyncgenfunction(func), batchable)
     annotated = any(p.annotation is not _EMPTY for p in params)
-    validator = _validator(func.__qualname__, params, max_batch_size if batchable else None) if annotated else None
-    return Signature(tuple(params), sig.return_annotation, is_async, validator)
+    validator = _validator(func.__qualname__, params, rows) if annotated else None
+    return Signature(tuple(params), returns, is_async, validator, streams)
+
+
+_ITERATORS = {
+    False: (collections.abc.Iterator, collections.abc.Iterable, collections.abc.Generator),
+    True: (collections.abc.AsyncIterator, collections.abc.AsyncIterable, collections.abc.AsyncGenerator),
+}
+
+
+def _yielded(where: str, annotation: Any, is_async: bool, batchable: bool) -> Any:
+    """The type of one value a generator API sends, from its return annotation."""
+    kind = "AsyncIterator" if is_async else "Iterator"
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) not in _ITERATORS[is_async] or not args:
+        raise DeclarationError(
+            f"{where}: a {'async ' if is_async else ''}generator API's return annotation names what it yields: "
+            f"{kind}[X] (X: the type of one value), not {annotation!r}"
+        )
+    value = args[0]
+    if not batchable:
+        return value
+    if typing.get_origin(value) is not list or not typing.get_args(value):
+        raise DeclarationError(
+            f"{where}: a batchable generator API yields, per step, one value per row: annotate it "
+            f"{kind}[list[X]], not {annotation!r}"
+        )
+    return typing.get_args(value)[0]
 
 
 def _check_batchable(where: str, annotation: Any, spec: ArraySpec | None) -> None:
@@ -141,8 +180,8 @@ def _check_batchable(where: str, annotation: Any, spec: ArraySpec | None) -> Non
 def _validator(name: str, params: list[Param], max_rows: int | None) -> Any:
     """A pydantic TypeAdapter of the body: a TypedDict of the parameters, strict, nothing extra.
 
-    A batchable API's list parameters are held to 1..max_rows rows (arrays hold
-    their own limit, on their first dimension).
+    A batchable API's list parameters are held to 1..max_rows rows per request
+    (arrays hold their own limit, on their first dimension).
     """
     import pydantic
     from typing_extensions import Annotated, NotRequired, TypedDict

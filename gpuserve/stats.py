@@ -6,8 +6,9 @@ the batch ceiling per device in rows (lowered after out-of-memory errors,
 raised again as batches succeed), time in queue, execution time per device,
 refusals by reason (the request never ran), outcomes of the requests that did
 run, and requests run again alone after their batch failed as a whole or lost
-its replica. Plain counters: updating them costs a few dictionary operations
-on the event loop.
+its replica; for a streaming API also its open streams, the values sent and
+the streamed batches whose producer waits on a slow reader. Plain counters:
+updating them costs a few dictionary operations on the event loop.
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ class ApiStats:
     # cancelled (client left while running).
     outcomes: Counter[str] = attrs.Factory(Counter)
     reruns: int = 0  # requests run again alone after their batch failed as a whole or lost its replica
+    streaming: bool = False  # a streaming API: the three below are counted
+    streams: int = 0  # streams open: admitted and not yet ended, queued or running
+    stream_values: int = 0  # values that reached the event loop
+    streams_waiting: int = 0  # streamed batches whose producer waits for a slow reader
 
 
 class Stats:
-    def __init__(self, api_names: list[str]) -> None:
-        self.apis: dict[str, ApiStats] = {name: ApiStats() for name in api_names}
+    def __init__(self, api_names: list[str], streaming: frozenset[str] = frozenset()) -> None:
+        self.apis: dict[str, ApiStats] = {name: ApiStats(streaming=name in streaming) for name in api_names}
 
     def __getitem__(self, api_name: str) -> ApiStats:
         return self.apis[api_name]
@@ -91,6 +96,8 @@ class Stats:
                 "refusals": dict(s.refusals),
                 "outcomes": dict(s.outcomes),
                 "reruns": s.reruns,
+                **({"streams": {"open": s.streams, "values": s.stream_values,
+                                "waiting_on_readers": s.streams_waiting}} if s.streaming else {}),
             }
             for name, s in self.apis.items()
         }

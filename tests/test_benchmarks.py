@@ -20,7 +20,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `benchmarks` runs from the repository root; it is not installed
 
-from benchmarks import loadgen, report  # noqa: E402
+from benchmarks import loadgen, report, streaming  # noqa: E402
 from benchmarks.__main__ import SCHEMA  # noqa: E402
 from benchmarks.config import SCENARIOS  # noqa: E402
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
@@ -34,6 +34,8 @@ SERVE_KEYS = {"workload", "path", "concurrency", "tool", "rps", "p50_ms", "p90_m
               "errors", "cpu_us_per_request", "loop_cpu_us_per_request", "mean_batch", "rounds"}
 RESNET_KEYS = {"model", "dtype", "device", "image_size", "batch_size", "clients", "offline_items_per_s",
                "served_items_per_s", "ratio", "mean_batch", "p50_ms", "p99_ms", "errors", "rounds"}
+STREAMING_KEYS = {"workload", "concurrency", "values_per_s", "streams", "errors", "first_value_p50_ms",
+                  "first_value_p99_ms", "cpu_us_per_value", "rounds"}
 DEVICE_KEYS = {"backend", "version", "device", "device_name", "model", "batch_size", "iterations", "batch_ms",
                "items_per_s", "memory_bytes", "memory_kind", "timing"}
 
@@ -63,7 +65,7 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert document["cpu_only"] == (not document["environment"]["gpus"])
 
     results = document["results"]
-    assert {"device", "serve", "baseline", "v2", "scaling", "hotpath", "resnet"} <= results.keys()
+    assert {"device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet"} <= results.keys()
     assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
     assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
     for side, workloads in (("serve", {"echo", "echo_batched", "echo_access_log", "mlp", "mlp_batched",
@@ -82,7 +84,7 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
 
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 13  # the chaos scenario's five are not measured here
+    assert len(document["targets"]) == 15  # the chaos scenario's five are not measured here
     v2 = results["v2"]  # the v2 protocol beside raw aiohttp and the hand-written batcher (Triton only when given)
     assert {(r["workload"], r["against"]) for r in v2["ratios"]} == {
         ("image_v2", "image"), ("mlp_native", "mlp_batched"), ("mlp_v2_json", "mlp_batched"),
@@ -90,6 +92,11 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert all(r["rps_ratio"] > 0 and r["errors"] == 0 for r in v2["ratios"]) and v2["triton"] is False
     kinds = results["scaling_kinds"]  # Ray beside processes where gpuserve-ray is installed; said so where not
     assert "gpuserve-ray is not installed" in kinds["skipped"] if "skipped" in kinds else kinds["rps_ratio"] > 0
+    streamed = results["streaming"]["rows"]
+    assert {(r["workload"], r["concurrency"]) for r in streamed} == {
+        (w, c) for w in ("gpuserve", "gpuserve_process", "baseline") for c in (1, 64)}
+    assert all(STREAMING_KEYS <= r.keys() and r["values_per_s"] > 0 and r["errors"] == 0 for r in streamed)
+    assert len(results["streaming"]["ratios"]) == 2 * 2
     assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",
                                       "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png"}
     assert all(_png(run_dir / name) for name in document["plots"])
@@ -131,7 +138,7 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
     checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)
               if not c["target"].startswith("chaos")}
     assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "v2>=": None,
-                      "Ray>=": True, "batcher<=": True, "ResNet-50>=": True}
+                      "Ray>=": True, "batcher<=": True, "ResNet-50>=": True, "streaming>=": None}
     del results["resnet"]
 
     plots = report.plots(tmp_path, results, compared)
@@ -141,6 +148,22 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
     table = report.summary({"results": results, "ratios": compared, "targets": report.targets(results, compared)})
     assert "mlp_batched_process" in table and "NO" in table
     assert "Ray / process req/s 0.75, Ray's extra overhead per batch 900 us" in table
+
+
+def test_streaming_targets_read_the_round_by_round_ratios_of_the_default_isolation() -> None:
+    def row(workload, concurrency, *rates):
+        return {"workload": workload, "concurrency": concurrency, "values_per_s": rates[0], "cpu_us_per_value": 2.0,
+                "errors": 0, "rounds": [{"values_per_s": rate} for rate in rates]}
+
+    rows = [row("baseline", 1, 100.0, 200.0, 100.0), row("gpuserve", 1, 90.0, 150.0, 70.0),
+            row("gpuserve_process", 1, 40.0, 40.0, 40.0), row("baseline", 64, 100.0, 100.0, 100.0),
+            row("gpuserve", 64, 200.0, 200.0, 200.0)]
+    compared = streaming.ratios(rows)
+    assert {(r["workload"], r["concurrency"]): r["ratio"] for r in compared} == {
+        ("gpuserve", 1): pytest.approx(0.75), ("gpuserve_process", 1): pytest.approx(0.4), ("gpuserve", 64): 2.0}
+    checks = [c for c in report.targets({"streaming": {"rows": rows, "ratios": compared}}, []) if "stream" in c["target"]]
+    assert [(c["value"], c["met"]) for c in checks] == [(pytest.approx(0.75), False), (2.0, True)]
+    assert "gpuserve_process" in report.summary({"results": {"streaming": {"ratios": compared}}, "targets": checks})
 
 
 def test_the_tail_target_compares_each_round_with_its_own_median() -> None:

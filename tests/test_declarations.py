@@ -1,5 +1,7 @@
 """Declarations are checked when the class is defined, with messages that name the bad value."""
 
+import collections.abc
+
 import pytest
 
 import gpuserve
@@ -103,3 +105,50 @@ def test_two_apis_with_one_name_are_rejected():
 def test_context_outside_a_replica_says_where_it_works():
     with pytest.raises(gpuserve.errors.GpuserveError, match="only available inside a replica"):
         gpuserve.context()
+
+
+def test_generator_methods_stream_and_their_annotation_names_one_value():
+    from collections.abc import AsyncIterator, Generator, Iterator
+
+    @gpuserve.service
+    class S:
+        @gpuserve.api
+        def words(self, text: str) -> Iterator[str]:
+            yield from text.split()
+
+        @gpuserve.api
+        async def ticks(self, n: int) -> AsyncIterator[int]:
+            for i in range(n):
+                yield i
+
+        @gpuserve.api(batchable=True, max_batch_size=4)
+        def letters(self, text: list[str]) -> Generator[list[str], list[int], None]:
+            yield [t[0] for t in text]
+
+        @gpuserve.api
+        def plain(self, x: int) -> int:
+            return x
+
+    spec = spec_of(S)
+    assert [spec.api(name).streams for name in ("words", "ticks", "letters", "plain")] == [True, True, True, False]
+    assert spec.api("ticks").is_async and not spec.api("words").is_async
+    assert spec.api("words").signature.returns is str and spec.api("letters").signature.returns is str
+    assert spec.api("letters").rows_per_request == 1 and spec.api("plain").rows_per_request == 1
+
+
+@pytest.mark.parametrize(
+    ("annotation", "batchable", "named"),
+    [
+        (list[int], False, "Iterator[X]"),
+        (collections.abc.Iterator, False, "Iterator[X]"),
+        (collections.abc.Iterator[int], True, "Iterator[list[X]]"),
+    ],
+)
+def test_a_generator_api_with_the_wrong_annotation_says_what_to_write(annotation, batchable, named):
+    def run(self, x: list[int]):
+        yield x
+
+    run.__annotations__["return"] = annotation
+    with pytest.raises(DeclarationError) as info:
+        gpuserve.api(batchable=batchable)(run)
+    assert named in str(info.value) and repr(annotation) in str(info.value)

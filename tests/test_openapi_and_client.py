@@ -69,7 +69,7 @@ def test_a_property_based_run_finds_no_server_error_and_no_answer_off_the_schema
     schemathesis = Path(sys.executable).with_name("schemathesis")
     done = subprocess.run(
         [str(schemathesis), "run", f"{example.url}/openapi.json", "--checks", "all", "--max-time", "30",
-         "--seed", "7", "--workers", "1", "--no-color"],
+         "--seed", "7", "--workers", "1", "--request-timeout", "30", "--no-color"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]

@@ -8,10 +8,12 @@
 - `quarantine.py` inputs that crashed replicas, refused once they crashed two
 - `watchdog.py`  calls that run past their API's limit: their replica is replaced
 - `refusals.py`  why a request is answered without its result (`Reason`)
+- `streams.py`   a streaming API's values on their way to their readers, paced and limited
 """
 
 from gpuserve.batching.batcher import Batcher
 from gpuserve.batching.queue import default_queue_size
 from gpuserve.batching.refusals import ItemFailed, Reason, Refused
+from gpuserve.batching.streams import Stream, StreamLimits
 
-__all__ = ["Batcher", "ItemFailed", "Reason", "Refused", "default_queue_size"]
+__all__ = ["Batcher", "ItemFailed", "Reason", "Refused", "Stream", "StreamLimits", "default_queue_size"]

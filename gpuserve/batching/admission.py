@@ -64,7 +64,7 @@ class Lane:
 
     __slots__ = ("key", "model", "predict", "ceiling", "group", "fitted", "too_big", "too_big_at", "streak")
 
-    def __init__(self, key: str, per_hop: int, batchable: bool = True) -> None:
+    def __init__(self, key: str, per_hop: int, batchable: bool = True, group: int = 1) -> None:
         self.key = key
         self.model = LatencyModel()  # execution time against batch size
         # Seconds for a batch of a size, or None: what admission decides on (see the module).
@@ -72,7 +72,7 @@ class Lane:
         self.ceiling = per_hop  # batch size cap, lowered after an out-of-memory error
         # Unbatched calls per hop, from the latency model; one until it knows
         # what a call costs, so that a hop is one call as the watchdog's limit assumes.
-        self.group = 1
+        self.group = group
         self.fitted = 0  # the most rows that ran (since the last out-of-memory error)
         self.too_big: int | None = None  # the fewest rows that ran out of memory, while remembered
         self.too_big_at = 0.0
@@ -101,10 +101,15 @@ class ApiAdmission:
         self.api = api
         # Rows handed to an executor at once. An API that is not batchable is
         # still called once per request (one row), but a group of them shares one hop.
-        self.per_hop = api.max_batch_size if api.batchable else UNBATCHED_PER_HOP
+        # A stream's length says nothing about the cost of a call (its batches are
+        # never learned from), so unbatched streams go in the largest groups.
+        self.per_hop = api.max_batch_size if api.batchable else (
+            UNBATCHED_MAX_PER_HOP if api.streams else UNBATCHED_PER_HOP)
         self.budget_s = api.max_latency_ms / 1000
         self.limit = limit
-        self.lanes = {key: Lane(key, self.per_hop, api.batchable) for key in keys}
+        # Streams are never learned from, nor watched by the watchdog: theirs start at a full hop.
+        group = self.per_hop if api.streams else 1
+        self.lanes = {key: Lane(key, self.per_hop, api.batchable, group) for key in keys}
         self.next_probe = 0.0  # loop time after which a refused request may run as a probe
         self.last_learned = 0.0  # loop time a lane of this API last learned from a batch
         # Below this depth a new item surely fits its latency budget: no prediction needed.

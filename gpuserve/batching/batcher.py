@@ -10,6 +10,11 @@ result, one `set_result`: no timer, no done callback. Clients that left while
 queued are counted when their item leaves the queue, or when the queue is
 swept: before `stats` are read, and when it looks full.
 
+A streaming API's request is queued and batched the same way; its future
+resolves to its `Stream` with its first value (`streams.py`), and its protocol
+holds one of the API's `StreamLimits.max_streams` places (`open_stream`) until
+the stream is over.
+
 A call that runs past its API's limit is found by the dispatcher's watchdog
 (`watchdog.py`); an input that crashed replicas twice is refused at the door
 (`quarantine.py`): only while some input of the API is quarantined does a
@@ -29,6 +34,7 @@ from gpuserve.batching.queue import ApiQueue, Pending, default_queue_size
 from gpuserve.batching.refusals import Reason, Refused
 from gpuserve.batching.rerun import refuse_quarantined
 from gpuserve.batching.settle import expire
+from gpuserve.batching.streams import StreamLimits
 from gpuserve.deadlines import Deadlines
 from gpuserve.outcomes import Encoder
 from gpuserve.pool import DevicePool
@@ -37,25 +43,27 @@ from gpuserve.stats import Stats
 
 
 class Batcher:
-    """`timeout` is the default deadline of every request, in seconds (None: none); `call_timeout`
-    how long one call may run before its replica counts as stuck (None: `timeout`; an API's own
-    `call_timeout` wins)."""
+    """`timeout` is the default deadline of every request, in seconds (None: none); a stream's, to its first
+    value. `call_timeout` is how long one call may run before its replica counts as stuck (None: `timeout`;
+    an API's own `call_timeout` wins; streams are bounded by their `StreamLimits` instead)."""
 
     def __init__(
         self, apis: Iterable[ApiSpec], pool: DevicePool, *, queue_size: int | None = None,
-        timeout: float | None = None, call_timeout: float | None = None,
+        timeout: float | None = None, call_timeout: float | None = None, stream_limits: StreamLimits | None = None,
     ) -> None:
         apis = list(apis)
-        self.stats = Stats([api.name for api in apis])
+        self.stats = Stats([api.name for api in apis], frozenset(api.name for api in apis if api.streams))
+        self.stream_limits = stream_limits or StreamLimits()
         self._admission = Admission(pool.keys)
         self._queues: dict[str, ApiQueue] = {}
         for api in apis:
             limit = queue_size or default_queue_size(api, len(pool))
             queue = ApiQueue(api, limit, self.stats[api.name], self._admission.add(api, limit))
-            queue.call_limit = api.call_timeout or call_timeout or timeout
+            # A stream runs as long as its StreamLimits allow: the watchdog leaves it to them.
+            queue.call_limit = None if api.streams else api.call_timeout or call_timeout or timeout
             self._queues[api.name] = queue
         self._deadlines = Deadlines(timeout, expire)
-        self._dispatcher = Dispatcher(self._queues.values(), pool, self._admission)
+        self._dispatcher = Dispatcher(self._queues.values(), pool, self._admission, self.stream_limits)
         self._tasks: list[asyncio.Task[None]] = []
         self.accepting = True
         self._refusal = (Reason.SHUTTING_DOWN, "the server is shutting down")  # what a closed door says
@@ -103,6 +111,20 @@ class Batcher:
         queue.items.append(item)
         self._dispatcher.wake()
         return future
+
+    def open_stream(self, api_name: str) -> None:
+        """Take one of a streaming API's places for open streams, or raise `Refused` when all are taken."""
+        stats = self.stats[api_name]
+        limit = self.stream_limits.max_streams
+        if stats.streams >= limit:
+            stats.refusals[Reason.STREAMS_FULL.value] += 1
+            raise Refused(Reason.STREAMS_FULL, f"{api_name!r} has {limit} streams open (--max-streams)",
+                          retry_after=1)
+        stats.streams += 1
+
+    def close_stream(self, api_name: str) -> None:
+        """Give back the place `open_stream` took: the stream is over (or never started)."""
+        self.stats[api_name].streams -= 1
 
     # -- the dispatch side -----------------------------------------------------------
     def start(self, on_failure: Callable[[BaseException], None]) -> None:

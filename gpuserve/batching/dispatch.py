@@ -3,12 +3,16 @@
 Work-conserving: whenever an executor is free and work is queued, it takes up
 to a batch at once; nothing waits on a timer while a device is idle, so
 batches grow by themselves under load. Requests whose client left or whose
-deadline passed are dropped before batching and never run.
+deadline passed are dropped before batching and never run. A batch of a
+streaming API runs through `lease.stream` into a `StreamBatch` (`streams.py`)
+and holds its executor until its last stream is over; nothing is learned from
+it (a stream's length says nothing about a call's cost).
 
 What comes back: results are settled; a batch that failed as a whole, or
 whose replica died, has its requests run again alone (`rerun.py`), first in
-their queue; a call the watchdog gave up on (`watchdog.py`) fails its
-requests; a lost or stuck replica is rebuilt by the pool.
+their queue (not a stream's: its values were sent); a call the watchdog gave
+up on (`watchdog.py`) fails its requests; a lost or stuck replica is rebuilt
+by the pool.
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ from gpuserve.batching.admission import Admission
 from gpuserve.batching.queue import TAKEN, ApiQueue, Pending
 from gpuserve.batching.refusals import ItemFailed, Reason, Refused
 from gpuserve.batching.settle import ERROR, fail, settle
+from gpuserve.batching.streams import StreamBatch, StreamLimits
 from gpuserve.batching.watchdog import Watchdog
 from gpuserve.outcomes import BatchResult, Failure
 from gpuserve.pool import DevicePool, ExecutorDied, ExecutorStuck, Lease
+from gpuserve.stats import ApiStats
 
 log = logging.getLogger("gpuserve.batching")
 
 
 class Dispatcher:
-    def __init__(self, queues: Iterable[ApiQueue], pool: DevicePool, admission: Admission) -> None:
+    def __init__(self, queues: Iterable[ApiQueue], pool: DevicePool, admission: Admission,
+                 stream_limits: StreamLimits) -> None:
         self._queues = list(queues)
         self._pool = pool
         self._admission = admission
         self.watchdog = Watchdog(q.call_limit for q in self._queues if q.call_limit is not None)
+        self._stream_limits = stream_limits
         self._work = asyncio.Event()  # set when a request is queued
         self.progress = asyncio.Event()  # set when a batch finishes
         self._running: set[asyncio.Task[None]] = set()
@@ -155,23 +163,32 @@ class Dispatcher:
 
     async def _execute(self, lease: Lease, queue: ApiQueue, batch: list[Pending], rows: int) -> None:
         stats = queue.stats
-        watch = _watch_for_gone(lease, batch) if queue.api.is_async else None
+        api = queue.api
+        streams = None
+        if api.streams:
+            streams = StreamBatch(batch, stats, self._stream_limits, asyncio.get_running_loop())
+        watch = _watch_for_gone(lease, batch) if api.is_async and streams is None else None
         try:
-            result = await lease.run(queue.api.name, [item.kwargs for item in batch],
-                                     [item.encoder for item in batch])
+            if streams is None:
+                result = await lease.run(api.name, [item.kwargs for item in batch], [item.encoder for item in batch])
+            else:
+                result = await lease.stream(api.name, [item.kwargs for item in batch],
+                                            [item.encoder for item in batch], streams)
         except ExecutorStuck:
             self._finish(lease, queue, len(batch))
-            stopped = Refused(Reason.CALL_TIMEOUT, f"{queue.api.name!r} ran longer than its call limit of "
+            stopped = Refused(Reason.CALL_TIMEOUT, f"{api.name!r} ran longer than its call limit of "
                               f"{queue.call_limit:g} s and was stopped; its replica is being replaced")
-            fail(batch, stopped, stats, Reason.CALL_TIMEOUT.value)
+            _fail(batch, streams, stopped, stats, Reason.CALL_TIMEOUT.value)
             lease.replace()
             return
         except ExecutorDied as exc:
             self._finish(lease, queue, len(batch))
-            if self._pool.stopping:  # no replica will be rebuilt to run them again
-                log.error("%s while the server stops; failing %d request(s)", exc, len(batch))
+            # A stream's values went out as they came: it cannot run again. Nor can anything once
+            # the server stops: no replica will be rebuilt.
+            if streams is not None or self._pool.stopping:
+                log.error("%s; failing %d request(s)", exc, len(batch))
                 lost = Refused(Reason.EXECUTOR_LOST, str(exc), retry_after=1)
-                fail(batch, lost, stats, Reason.EXECUTOR_LOST.value)
+                _fail(batch, streams, lost, stats, Reason.EXECUTOR_LOST.value)
             else:
                 rerun.lost(queue, batch, exc)
                 self.wake()
@@ -180,13 +197,13 @@ class Dispatcher:
         except Exception as exc:  # the executor itself failed, not the user's code
             self._finish(lease, queue, len(batch))
             log.exception("executor %s failed a batch", lease.key)
-            fail(batch, ItemFailed(Failure.of(exc)), stats, ERROR)
+            _fail(batch, streams, ItemFailed(Failure.of(exc)), stats, ERROR)
             lease.release()
             return
         except BaseException:  # cancelled: the server is stopping
             self._finish(lease, queue, len(batch))
             stopped = Refused(Reason.SHUTTING_DOWN, "the server shut down while this ran", retry_after=1)
-            fail(batch, stopped, stats, Reason.SHUTTING_DOWN.value)
+            _fail(batch, streams, stopped, stats, Reason.SHUTTING_DOWN.value)
             raise
         finally:
             if watch is not None:
@@ -194,6 +211,9 @@ class Dispatcher:
         self._finish(lease, queue, len(batch))
         lease.release()
         stats.exec_time[lease.key].add(result.exec_s)
+        if streams is not None:  # every stream has ended or left: its steps came before the result
+            streams.close()
+            return
         if result.failure is not None:
             self._failed_whole(lease, queue, batch, rows, result)
             return
@@ -219,6 +239,14 @@ class Dispatcher:
         log.warning("a batch of %d requests of %r failed as a whole on %s (%s: %s); running %d of them again, "
                     "each alone", len(batch), policy.api.name, lease.key, failure.type, failure.message, count)
         self.wake()
+
+
+def _fail(batch: list[Pending], streams: StreamBatch | None, exc: ItemFailed | Refused, stats: ApiStats,
+          outcome: str) -> None:
+    """A batch that could not go on: streams that started end with `exc`, the other requests are answered with it."""
+    if streams is not None:
+        streams.abort(exc)
+    fail(batch, exc, stats, outcome)
 
 
 class _Watch:

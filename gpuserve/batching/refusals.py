@@ -14,6 +14,7 @@ from gpuserve.outcomes import Failure
 
 class Reason(str, enum.Enum):
     QUEUE_FULL = "queue_full"  # the API's queue holds its limit
+    STREAMS_FULL = "streams_full"  # the streaming API has its limit of streams open
     LATENCY = "latency"  # cannot be answered within the API's max_latency_ms
     DEADLINE = "deadline"  # the request's own deadline passed
     EXECUTOR_LOST = "executor_lost"  # its executor died while running it, as the server stops

@@ -48,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(what is left gets 503), then the replicas end (default 30)")
     p.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
                    help="no log line per request (GPUSERVE_ACCESS_LOG=false)")
+    p.add_argument("--max-streams", type=int,
+                   help="streams open at once per streaming API, queued or running, before 503 (default 256)")
+    p.add_argument("--stream-timeout", type=float,
+                   help="seconds a stream may last, from its request's arrival (default 600); its first value "
+                   "must come within --timeout")
+    p.add_argument("--stream-gap-timeout", type=float,
+                   help="seconds a stream may go without a value while its reader keeps up (default 60)")
     p.add_argument("--call-timeout", type=float,
                    help="seconds one model call may run before its replica counts as stuck: the call's "
                    "requests fail (504) and the replica is replaced (default: --timeout; an API's own "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -33,6 +33,26 @@ class ExecutorDied(GpuserveError):
 
 class ExecutorStuck(ExecutorDied):
     """The batch ran past its call limit and the executor gave up on it (`Executor.abandon`)."""
+
+
+class StreamLink(Protocol):
+    """How the event loop reaches a running stream's producer (`executors/streaming.py`)."""
+
+    def credit(self, steps: int) -> None:
+        """Every reader still taking part has taken `steps` values."""
+
+    def leave(self, index: int) -> None:
+        """Request `index` left (client gone, limit passed): it drops out before the next step."""
+
+
+class StreamSink(Protocol):
+    """Where a streamed batch's steps arrive on the event loop (the batcher's side)."""
+
+    def attach(self, link: StreamLink) -> None:
+        """Called before the first step: how to pace and stop the producer."""
+
+    def feed(self, indices: list[int], outcomes: list[Any]) -> None:
+        """One step: per request index, its encoded value, None (its stream is over) or its `Failure`."""
 
 
 @attrs.frozen
@@ -87,6 +107,15 @@ class Executor(abc.ABC):
         self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]
     ) -> BatchResult:
         """Run one batch, each item's result encoded by its encoder; raises `ExecutorDied` if lost."""
+
+    async def stream(
+        self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder], sink: StreamSink
+    ) -> BatchResult:
+        """Run one batch of a streaming API: each step to `sink` as it is yielded; raises `ExecutorDied` if lost.
+
+        Returns when no request takes part any more; the steps have reached `sink` by then.
+        """
+        raise NotImplementedError(f"executor kind {type(self).__name__} cannot run streaming APIs")
 
     def cancel(self, index: int) -> None:
         """Request `index` of the batch now running is gone (client left, deadline passed).

@@ -5,11 +5,14 @@ backend's `visibility_env` says) already set, so the framework sees only this
 worker's devices, numbered from 0, when it is first imported here.
 
 Messages from the server: `("run", batch, api, items, encoders)`, answered by
-its `BatchResult`, and `("cancel", batch, index)`, answered by nothing. The
-loop blocks on the socket: a synchronous batch runs alone. While an `async
-def` API's batch runs, the replica's event loop also reads the socket, so a
-cancel reaches the coroutine; a cancel that arrives after its batch ended is
-ignored by the replica.
+its `BatchResult`; `("stream", batch, api, items, encoders)`, answered by a
+`("stream", batch, indices, outcomes)` message per step and then its
+`BatchResult`; `("cancel", batch, index)` and `("credit", batch, steps)`,
+answered by nothing. The loop blocks on the socket: a synchronous batch runs
+alone. While an `async def` API's batch runs, the replica's event loop also
+reads the socket, so a cancel reaches the coroutine; a stream reads it between
+steps, and blocks on it while its readers are behind. A message that arrives
+after its batch ended is ignored by the replica.
 
 A worker dies with the server, even in the middle of a call: on Linux the
 kernel sends it SIGKILL when the server's thread that started it ends
@@ -27,14 +30,17 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gpuserve.executors import wire
 from gpuserve.executors.hosting import build_replica, import_service
 from gpuserve.executors.replica import Replica
+from gpuserve.executors.streaming import StreamControl
 from gpuserve.outcomes import Failure
 
 _CHUNK = 1 << 20
+_TO_REPLICA = ("cancel", "credit")  # messages for the batch that runs, handed to the replica
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -66,15 +72,39 @@ class _Inbox:
         return self._ready.popleft()
 
     def drain(self, replica: Replica) -> None:
-        """Read what has arrived without blocking and hand cancels to the replica (its loop calls this)."""
+        """Read what has arrived without blocking and hand cancels and credit to the replica (its loop calls this)."""
         try:
             while data := self.conn.recv(_CHUNK, socket.MSG_DONTWAIT):
                 self._ready.extend(self._reader.feed(data))
         except BlockingIOError:
             pass
-        while self._ready and self._ready[0][0] == "cancel":
-            _, batch, index = self._ready.popleft()
-            replica.cancel(batch, index)
+        while self._ready and self._ready[0][0] in _TO_REPLICA:
+            _apply(self._ready.popleft(), replica)
+
+
+def _apply(message: Any, replica: Replica) -> None:
+    """A cancel or credit message, handed to the replica (which ignores it if its batch has ended)."""
+    kind, batch, value = message
+    if kind == "cancel":
+        replica.cancel(batch, value)
+    else:
+        replica.credit(batch, value)
+
+
+class _InboxControl(StreamControl):
+    """A stream's control in a worker process: what the server says is read from the socket when asked."""
+
+    def __init__(self, count: int, inbox: _Inbox, replica: Replica) -> None:
+        super().__init__(count)
+        self._inbox = inbox
+        self._replica = replica
+
+    def poll(self) -> None:
+        self._inbox.drain(self._replica)
+
+    def wait(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            _apply(self._inbox.next(), self._replica)
 
 
 def _build(conn: socket.socket) -> Replica:
@@ -94,16 +124,27 @@ def serve(fd: int) -> None:
     if replica.loop is not None:  # async APIs: their loop listens for cancels while they run
         replica.loop.add_reader(conn.fileno(), inbox.drain, replica)
     wire.send(conn, ("ready", os.getpid()))
-    while True:
-        try:
+    try:
+        while True:
             message = inbox.next()
-        except EOFError:
-            return
-        if message[0] == "run":
-            _, batch, api_name, items, encoders = message
-            # Results travel encoded by their protocols' encoders (in `run`), so they always pickle.
-            wire.send(conn, replica.run(api_name, items, encoders, batch))
-        # else: a cancel for a batch that already ended
+            if message[0] == "run":
+                _, batch, api_name, items, encoders = message
+                # Results travel encoded by their protocols' encoders (in `run`), so they always pickle.
+                wire.send(conn, replica.run(api_name, items, encoders, batch))
+            elif message[0] == "stream":
+                _, batch, api_name, items, encoders = message
+                wire.send(conn, replica.stream(api_name, items, encoders, batch, _sender(conn, batch),
+                                               _InboxControl(len(items), inbox, replica)))
+            # else: a cancel or credit for a batch that already ended
+    except EOFError:
+        return
+
+
+def _sender(conn: socket.socket, batch: int) -> Callable[[list[int], list[Any]], None]:
+    def send(indices: list[int], outcomes: list[Any]) -> None:
+        wire.send(conn, ("stream", batch, indices, outcomes))
+
+    return send
 
 
 if __name__ == "__main__":

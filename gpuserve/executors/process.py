@@ -32,7 +32,7 @@ import attrs
 from gpuserve.backend import Backend
 from gpuserve.errors import GpuserveError
 from gpuserve.executors import wire
-from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, ExecutorStuck, Placement
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, ExecutorStuck, Placement, StreamSink
 from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.service import ServiceSpec
 
@@ -65,6 +65,8 @@ class ChannelClosed(Exception):
 class _Channel(asyncio.Protocol):
     """Requests to the child and its replies, in order: one reply per request.
 
+    While a stream runs, the child also sends its steps, `("stream", batch,
+    indices, outcomes)`, ahead of the stream's reply: they go to `streaming`.
     `on_idle_loss` is called when the channel closes with no request waiting:
     the child died between batches.
     """
@@ -74,6 +76,7 @@ class _Channel(asyncio.Protocol):
         self._reader = wire.FrameReader()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self.streaming: tuple[int, StreamSink] | None = None  # the running stream's batch and sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -93,6 +96,11 @@ class _Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for message in self._reader.feed(data):
+            if type(message) is tuple and message[0] == "stream":
+                streaming = self.streaming
+                if streaming is not None and streaming[0] == message[1]:  # else: a stream given up on
+                    streaming[1].feed(message[2], message[3])
+                continue
             reply = self._waiting.popleft()
             if not reply.done():  # a request given up on (shutdown) still gets its reply: drop it
                 reply.set_result(message)
@@ -113,6 +121,24 @@ class _Channel(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+class _ChildLink:
+    """A running stream's `StreamLink` to the child: credit and leaving as messages that get no reply."""
+
+    def __init__(self, channel: _Channel, batch: int) -> None:
+        self._channel = channel
+        self._batch = batch
+
+    def credit(self, steps: int) -> None:
+        self._tell(("credit", self._batch, steps))
+
+    def leave(self, index: int) -> None:
+        self._tell(("cancel", self._batch, index))
+
+    def _tell(self, message: tuple[Any, ...]) -> None:
+        if self._channel.open:  # else the child is gone, and the stream's request says so
+            self._channel.notify(message)
 
 
 class ProcessExecutor(Executor):
@@ -200,12 +226,37 @@ class ProcessExecutor(Executor):
             reply = self._running = self._channel.request(("run", self._batch, api_name, items, encoders))
             return await reply
         except ChannelClosed:
-            code = await self._end(grace_s=1.0)  # a child that is dying gets to say why
-            if self._abandoned:
-                raise ExecutorStuck(f"worker process {self.key} (pid {self.pid}) was killed: its call was stuck") \
-                    from None
-            raise ExecutorDied(f"worker process {self.key} (pid {self.pid}) died ({_describe(code)})",
-                               self_inflicted=_self_inflicted(code)) from None
+            raise await self._died() from None
+
+    async def stream(
+        self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder], sink: StreamSink
+    ) -> BatchResult:
+        channel = self._channel
+        try:
+            if channel is None:
+                raise ChannelClosed()
+            self._batch += 1
+            link = _ChildLink(channel, self._batch)
+            sink.attach(link)
+            channel.streaming = (self._batch, sink)
+            try:
+                return await channel.request(("stream", self._batch, api_name, items, encoders))
+            except asyncio.CancelledError:  # the server stops: the child closes the generators
+                for index in range(len(items)):
+                    link.leave(index)
+                raise
+            finally:
+                channel.streaming = None
+        except ChannelClosed:
+            raise await self._died() from None
+
+    async def _died(self) -> ExecutorDied:
+        """The error for a batch whose child is gone: stuck (killed by `abandon`) or died, and how."""
+        code = await self._end(grace_s=1.0)  # a child that is dying gets to say why
+        if self._abandoned:
+            return ExecutorStuck(f"worker process {self.key} (pid {self.pid}) was killed: its call was stuck")
+        return ExecutorDied(f"worker process {self.key} (pid {self.pid}) died ({_describe(code)})",
+                            self_inflicted=_self_inflicted(code))
 
     def cancel(self, index: int) -> None:
         if self._channel is not None and self._channel.open:

@@ -12,7 +12,8 @@ are merged along dimension 0 into one call — lists concatenated, arrays
 joined with one `numpy.concatenate` — and the method's results are cut back
 into each request's own rows. `async def` methods run on the replica's own
 event loop, one call at a time like any other, and can be cancelled from the
-server (`cancel_threadsafe`, or a message to a worker process).
+server (`cancel_threadsafe`, or a message to a worker process). Generator
+methods stream (`stream`, stepped by `executors/streaming.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from gpuserve.arrays import concatenate
 from gpuserve.backend import Backend
 from gpuserve.context import ReplicaContext, bind
+from gpuserve.executors.streaming import Emit, StreamControl, run_stream, steps_for
 from gpuserve.outcomes import BatchResult, Encoder, Failure
 from gpuserve.service import ApiSpec, ServiceSpec
 from gpuserve.signature import Param
@@ -89,6 +91,7 @@ class Replica:
         self._batch = 0  # the batch now running, so that a late cancel of an earlier one is ignored
         self._gone: set[int] = set()  # requests of this batch whose clients left or whose deadline passed
         self._running: tuple[asyncio.Task[Any], range] | None = None  # the async call now running
+        self._control: StreamControl | None = None  # the stream now running
 
     @property
     def backend(self) -> Backend:
@@ -118,11 +121,19 @@ class Replica:
         """In the replica's thread: as `cancel_threadsafe`. A late message for an earlier batch is ignored."""
         if batch != self._batch:
             return
+        if self._control is not None:
+            self._control.leave(index)
+            return
         self._gone.add(index)
         if self._running is not None:
             task, indices = self._running
             if all(i in self._gone for i in indices):
                 task.cancel()
+
+    def credit(self, batch: int, steps: int) -> None:
+        """In the replica's thread: every reader of stream `batch` still taking part has taken `steps` values."""
+        if batch == self._batch and self._control is not None:
+            self._control.credit(steps)
 
     # -- running ---------------------------------------------------------------------------
     def run(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder],
@@ -149,6 +160,27 @@ class Replica:
             # Encoded here, beside the model: a tensor's copy to the host never
             # runs on the event loop, and never crosses a process boundary.
             return BatchResult(_encode_all(outcomes, encoders), time.perf_counter() - start)
+
+    def stream(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder], batch: int,
+               emit: Emit, control: StreamControl) -> BatchResult:
+        """Run one streamed batch (numbered `batch`): each value goes to `emit`, encoded, as it is yielded."""
+        api = self.spec.apis[api_name]
+        self._batch, self._control = batch, control
+        method = getattr(self.instance, api.method_name)
+        try:
+            with self._current_device():
+                try:
+                    if api.batchable:  # one row per request: the rows merged as for any batch
+                        generators = [method(**_merged_kwargs(api, items, [_rows(api, item) for item in items]))]
+                    else:
+                        generators = [method(**item) for item in items]
+                except Exception as exc:  # the call itself failed: nothing was yielded
+                    emit(list(range(len(items))), [Failure.of(exc)] * len(items))
+                    return BatchResult([None] * len(items), 0.0)
+                steps = steps_for(generators, api.batchable, control, self.loop if api.is_async else None)
+                return run_stream(steps, encoders, emit, control)
+        finally:
+            self._control = None
 
     def _caller(self, api: ApiSpec) -> Callable[[dict[str, Any], range], Any]:
         """How to call the method with keyword arguments, for the requests at `indices`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -10,8 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpuserve.backend import Backend
-from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorStuck, Placement
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorStuck, Placement, StreamSink
 from gpuserve.executors.replica import Replica
+from gpuserve.executors.streaming import StreamControl
 from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.service import ServiceSpec
 
@@ -27,6 +29,29 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+class _Deliveries:
+    """A stream's steps from the replica's thread to the event loop: one wake-up of the loop per burst of them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[int], list[Any]], None]) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._steps: collections.deque[tuple[list[int], list[Any]]] = collections.deque()
+        self._scheduled = False
+
+    def put(self, indices: list[int], outcomes: list[Any]) -> None:
+        """In the replica's thread."""
+        self._steps.append((indices, outcomes))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False  # first: a step put from now on schedules another drain
+        steps, deliver = self._steps, self._deliver
+        while steps:
+            deliver(*steps.popleft())
 
 
 def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
@@ -90,6 +115,21 @@ class ThreadExecutor(Executor):
         assert self._replica is not None
         future = self._running = self._submit(self._replica.run, api_name, items, encoders, self._batch)
         return await future
+
+    async def stream(
+        self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder], sink: StreamSink
+    ) -> BatchResult:
+        self._batch += 1
+        assert self._replica is not None
+        control = StreamControl(len(items))  # called from here, read by the replica's thread
+        sink.attach(control)
+        deliveries = _Deliveries(asyncio.get_running_loop(), sink.feed)
+        try:
+            return await self._submit(self._replica.stream, api_name, items, encoders, self._batch, deliveries.put,
+                                      control)
+        except asyncio.CancelledError:  # the server stops: the generators are closed before the next step
+            control.stop()
+            raise
 
     def cancel(self, index: int) -> None:
         if self._replica is not None:

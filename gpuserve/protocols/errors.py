@@ -14,6 +14,7 @@ from gpuserve.protocols.request_ids import HEADER
 # Every reason a request may be answered without its result, and its status.
 STATUS = {
     Reason.QUEUE_FULL: 503,
+    Reason.STREAMS_FULL: 503,
     Reason.LATENCY: 503,
     Reason.EXECUTOR_LOST: 503,
     Reason.SHUTTING_DOWN: 503,

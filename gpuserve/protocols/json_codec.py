@@ -6,8 +6,10 @@ pydantic against them (`gpuserve.signature`). For a batchable API the rows of
 each parameter are counted: 1..max_batch_size, the same for every parameter.
 
 `encode_json` is the encoder the native routes hand the batcher with each
-request; it runs beside the model, in the replica's thread or process, so this
-module imports nothing but orjson and the declarations (never aiohttp).
+request, and `encode_event` (Server-Sent Events) and `encode_line` (NDJSON)
+those of streaming routes, for each value; they run beside the model, in the
+replica's thread or process, so this module imports nothing but orjson and the
+declarations (never aiohttp).
 """
 
 from __future__ import annotations
@@ -79,9 +81,10 @@ def _checked(api: ApiSpec, validator: Any, payload: Any) -> dict[str, Any]:
 
 
 def _row_counter(api: ApiSpec) -> Callable[[dict[str, Any]], int]:
-    """Rows per request of a batchable API: each parameter's length, all equal, 1..max_batch_size."""
+    """Rows per request of a batchable API: each parameter's length, all equal, 1..max_batch_size (a stream: 1)."""
     names = api.params
-    limit = api.max_batch_size
+    limit = api.rows_per_request
+    why = "a stream takes one row per request: each request is one stream" if api.streams else "max_batch_size"
 
     def rows(kwargs: dict[str, Any]) -> int:
         counts = {}
@@ -102,7 +105,7 @@ def _row_counter(api: ApiSpec) -> Callable[[dict[str, Any]], int]:
                              + ", ".join(f"{name}: {n}" for name, n in counts.items()) + "; each must carry the same")
         count = found.pop() if found else 1
         if not 1 <= count <= limit:
-            raise BadRequest(f"{api.name!r} takes 1..{limit} rows per request (max_batch_size), got {count}")
+            raise BadRequest(f"{api.name!r} takes 1..{limit} rows per request ({why}), got {count}")
         return count
 
     return rows
@@ -135,6 +138,8 @@ def _expected_and_got(api: ApiSpec, error: dict[str, Any]) -> tuple[str, str | N
     if kind == "too_short":
         return f"at least {ctx['min_length']} item(s)", f"{ctx['actual_length']}"
     if kind == "too_long":
+        if api.streams and len(error["loc"]) == 1:  # a parameter's rows
+            return "one row (each request of a streaming API is one stream)", f"{ctx['actual_length']} rows"
         return f"at most {ctx['max_length']} item(s)", f"{ctx['actual_length']}"
     if kind in _BOUNDS:
         sign, key = _BOUNDS[kind]
@@ -196,3 +201,13 @@ class _ModuleEncoder(functools.partial):  # type: ignore[type-arg]
 
 # A partial of the C function: encoding a batch with `map` runs no Python frame per item.
 encode_json: Callable[[Any], bytes] = _ModuleEncoder(orjson.dumps, default=_fallback, option=_OPTIONS)
+
+
+def encode_event(value: Any) -> bytes:
+    """One value of a stream as a Server-Sent Event: `data: <json>` and a blank line (JSON holds no newline)."""
+    return b"data: " + encode_json(value) + b"\n\n"
+
+
+def encode_line(value: Any) -> bytes:
+    """One value of a stream as a line of NDJSON."""
+    return encode_json(value) + b"\n"

@@ -13,7 +13,6 @@ binary data after the JSON header when asked (`binary_data`,
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ import gpuserve
 from gpuserve.batching import ItemFailed, Refused
 from gpuserve.protocols.errors import json_error, refusal
 from gpuserve.protocols.json_codec import BadRequest
-from gpuserve.protocols.native import TIMEOUT_HEADER, closing, not_accepting, request_timeout
+from gpuserve.protocols.native import TIMEOUT_HEADER, closing, failed, not_ready, parse_timeout, read_body
 from gpuserve.protocols.request_ids import request_id
 from gpuserve.protocols.v2_model import DTYPES, NotATensor, Outputs, V2Model, v2_model
 from gpuserve.protocols.v2_request import Parsed, V2BadRequest, header_length, parse
@@ -34,7 +33,6 @@ from gpuserve.protocols.v2_request import Parsed, V2BadRequest, header_length, p
 if TYPE_CHECKING:
     from gpuserve.state import ServerState
 
-log = logging.getLogger("gpuserve.api")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
@@ -127,7 +125,6 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             unavailable[api.name] = str(exc)
     encoders = {name: Outputs(m.outputs, m.columns, m.api.batchable) for name, m in models.items()}
     batcher = state.batcher
-    settings = state.deployment.settings
 
     def model_of(request: web.Request) -> V2Model | web.Response:
         name = request.match_info["model"]
@@ -141,12 +138,9 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             return json_error(404, f"model {name!r} has no version {version!r}; versions: [{VERSION!r}]", rid)
         return models[name]
 
-    def not_ready(request: web.Request) -> web.Response | None:
+    def unready(request: web.Request) -> web.Response | None:
         """For the ready routes: None while some replica can take work (as `/readyz`)."""
-        reason = state.readiness()
-        if reason is None:
-            return None
-        return closing(state, json_error(503, f"not ready: {reason}", request_id(request), retry_after=1))
+        return None if state.ready else not_ready(state, request_id(request))
 
     async def server_metadata(_: web.Request) -> web.Response:
         return web.json_response({"name": "gpuserve", "version": gpuserve.__version__, "extensions": EXTENSIONS})
@@ -155,7 +149,7 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
         return web.json_response({"live": True})
 
     async def ready(request: web.Request) -> web.Response:
-        return not_ready(request) or web.json_response({"ready": True})
+        return unready(request) or web.json_response({"ready": True})
 
     async def metadata(request: web.Request) -> web.Response:
         found = model_of(request)
@@ -169,25 +163,21 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
         found = model_of(request)
         if isinstance(found, web.Response):
             return found
-        return not_ready(request) or web.json_response({"name": found.name, "ready": True})
+        return unready(request) or web.json_response({"name": found.name, "ready": True})
 
     async def infer(request: web.Request) -> web.Response:
         found = model_of(request)
         if isinstance(found, web.Response):
             return found
         rid = request_id(request)
-        if not state.accepting:
-            return not_accepting(state, rid)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return json_error(413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)",
-                              rid)
+        body = await read_body(request, state, rid)
+        if type(body) is not bytes:
+            return body
         try:
             parsed = parse(found, body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
             own = request.headers.get(TIMEOUT_HEADER)
             future = batcher.submit(found.name, parsed.kwargs, encoders[found.name],
-                                    None if own is None else request_timeout(own), parsed.rows, rid)
+                                    None if own is None else parse_timeout(own), parsed.rows, rid)
         except (V2BadRequest, BadRequest) as exc:
             return json_error(400, str(exc), rid)
         except Refused as exc:
@@ -195,10 +185,7 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
         try:
             outputs = await future
         except ItemFailed as exc:
-            failure = exc.failure
-            log.error("%r failed for request %s: %s: %s\n%s", found.name, rid, failure.type, failure.message,
-                      failure.traceback.rstrip())
-            return closing(state, json_error(500, f"{found.name!r} failed: {exc}", rid, type=failure.type))
+            return closing(state, failed(found.name, rid, exc))
         except Refused as exc:
             return closing(state, refusal(exc, rid))
         return closing(state, _answer(found, parsed, outputs, rid))

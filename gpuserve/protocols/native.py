@@ -31,7 +31,7 @@ TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def request_timeout(raw: str) -> float:
+def parse_timeout(raw: str) -> float:
     """The request's own deadline in seconds, from its header."""
     try:
         value = float(raw)
@@ -42,29 +42,65 @@ def request_timeout(raw: str) -> float:
     return value
 
 
+def closing(state: ServerState, response: web.Response) -> web.Response:
+    """`response`, with `Connection: close` while the server stops (every protocol's answers)."""
+    if state.stopping:
+        response.force_close()
+    return response
+
+
+def not_ready(state: ServerState, rid: str) -> web.Response:
+    """503 with why no request is taken, or no replica can take work, now."""
+    reason = state.readiness() or "replicas are still being built"
+    return closing(state, json_error(503, f"not ready: {reason}", rid, retry_after=1))
+
+
+async def read_body(request: web.Request, state: ServerState, rid: str) -> bytes | web.Response:
+    """An API request's body; or, when there is none to take, the answer: not ready (503), too large (413).
+
+    Requests are taken while replicas are rebuilt (they wait for one), not
+    before the first build, once the server failed, nor while it stops.
+    """
+    if not state.accepting:
+        return not_ready(state, rid)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(
+            413, f"request body is larger than {state.deployment.settings.max_body_size} bytes (--max-body-size)", rid
+        )
+
+
+def log_failure(name: str, rid: str, exc: ItemFailed, where: str = "") -> None:
+    """A call that raised, logged once: with its traceback (from a worker process too), API and request id."""
+    failure = exc.failure
+    log.error("%r failed%s for request %s: %s: %s\n%s", name, where, rid, failure.type, failure.message,
+              failure.traceback.rstrip())
+
+
+def failed(name: str, rid: str, exc: ItemFailed) -> web.Response:
+    """The answer to a call that raised (500, naming the exception's type), logged."""
+    log_failure(name, rid, exc)
+    return json_error(500, f"{name!r} failed: {exc}", rid, type=exc.failure.type)
+
+
 def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
     batcher = state.batcher
-    settings = state.deployment.settings
     name = api.name
     decode = argument_decoder(api)
 
     async def handle(request: web.Request) -> web.Response:
         rid = request_id(request)
-        if not state.accepting:
-            return not_accepting(state, rid)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return json_error(
-                413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)", rid
-            )
+        body = await read_body(request, state, rid)
+        if type(body) is not bytes:
+            return body
         try:
             kwargs, rows = decode(body)
             # The batcher keeps the deadline (this one, or the server's default)
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else request_timeout(own), rows,
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else parse_timeout(own), rows,
                                     rid)
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
@@ -75,10 +111,7 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
         try:
             payload = await future  # JSON bytes, encoded in the executor
         except ItemFailed as exc:
-            failure = exc.failure
-            log.error("%r failed for request %s: %s: %s\n%s", name, rid, failure.type, failure.message,
-                      failure.traceback.rstrip())
-            return closing(state, json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type))
+            return closing(state, failed(name, rid, exc))
         except Refused as exc:
             return closing(state, refusal(exc, rid))
         response = web.Response(body=payload, content_type="application/json")
@@ -88,19 +121,6 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
         return response
 
     return handle
-
-
-def closing(state: ServerState, response: web.Response) -> web.Response:
-    """`response`, with `Connection: close` while the server stops (every protocol's answers)."""
-    if state.stopping:
-        response.force_close()
-    return response
-
-
-def not_accepting(state: ServerState, rid: str) -> web.Response:
-    """503 with why the server takes no request now (`state.accepting` is False)."""
-    reason = state.readiness() or "replicas are still being built"
-    return closing(state, json_error(503, f"not ready: {reason}", rid, retry_after=1))
 
 
 def add_native_routes(app: web.Application, state: ServerState) -> None:
@@ -129,7 +149,8 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/stats", stats)
     for api in state.deployment.spec.apis.values():
-        app.router.add_post(f"/{api.name}", _api_handler(api, state))
+        if not api.streams:  # streaming APIs: `protocols/streaming.py`
+            app.router.add_post(f"/{api.name}", _api_handler(api, state))
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:

@@ -20,6 +20,7 @@ from gpuserve.batching import Reason
 from gpuserve.protocols.errors import STATUS
 from gpuserve.protocols.native import TIMEOUT_HEADER
 from gpuserve.protocols.request_ids import HEADER
+from gpuserve.protocols.streaming import OFFERED as STREAM_MEDIA
 from gpuserve.service import ApiSpec, ServiceSpec
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ _ERRORS = {
     "413": "The body is larger than the server's limit (--max-body-size)",
     "422": "This input crashed the service's replicas twice before: it is refused without running",
     "500": "The API's code raised (`type` names the exception), or this request's input crashed its replica",
-    "503": "Not ready, queue full, cannot meet max_latency_ms, executor lost, failed or shutting down: retry "
-           "after Retry-After seconds",
+    "503": "Not ready, queue full, too many streams open, cannot meet max_latency_ms, executor lost, failed or "
+           "shutting down: retry after Retry-After seconds",
     "504": "The request's deadline passed (--timeout, or its X-Request-Timeout header), or the model's call "
            "ran past its limit (call_timeout) and was stopped",
 }
@@ -68,22 +69,40 @@ def _lift(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _stream(value: dict[str, Any]) -> dict[str, Any]:
+    """A stream's answer: its body is text; `x-itemSchema` describes one value (OpenAPI 3.2's `itemSchema`)."""
+    return {
+        "description": "A stream, one value per Server-Sent Event (`data: <json>`; an error is an `event: error`, "
+                       "and `data: [DONE]` ends it) or per NDJSON line, as `Accept` asks; each value as soon as the "
+                       "API yields it",
+        "content": {media: {"schema": {"type": "string"}, "x-itemSchema": value} for media in STREAM_MEDIA},
+    }
+
+
 def _operation(api: ApiSpec, method: Any, components: dict[str, Any]) -> dict[str, Any]:
     signature = api.signature
     doc = inspect.getdoc(method) or ""
-    rows = (f" A batchable API: each parameter carries 1..{api.max_batch_size} rows (the same number for every "
-            "parameter), and the answer holds one result per row.") if api.batchable else ""
+    if api.streams:
+        rows = (" A batchable stream: each parameter carries one row, and each value is that row's."
+                if api.batchable else "")
+    else:
+        rows = (f" A batchable API: each parameter carries 1..{api.max_batch_size} rows (the same number for every "
+                "parameter), and the answer holds one result per row.") if api.batchable else ""
+    value = _lift(signature.response_schema(), components)
     responses: dict[str, Any] = {
-        "200": {"description": "The API's result" + (", one per row" if api.batchable else ""),
-                "content": _json(_lift(signature.response_schema(), components))},
+        "200": _stream(value) if api.streams else {
+            "description": "The API's result" + (", one per row" if api.batchable else ""), "content": _json(value)},
     }
     responses.update({status: _error(text, retry=status == "503") for status, text in _ERRORS.items()})
+    if api.streams:
+        responses["406"] = _error("`Accept` names neither text/event-stream nor application/x-ndjson")
     return {
         "operationId": api.name,
         "summary": doc.splitlines()[0] if doc else f"Call {api.method_name}",
         # The deadline header is operational, not part of the call: described, not listed as a parameter.
         "description": (doc + rows + f" A `{TIMEOUT_HEADER}: <seconds>` header gives the request a deadline of "
-                        "its own (504 when it passes).").strip(),
+                        "its own (504 when it passes" + (" before the first value" if api.streams else "")
+                        + ").").strip(),
         "requestBody": {"required": True, "content": _json(_lift(signature.request_schema(), components))},
         "responses": responses,
     }
