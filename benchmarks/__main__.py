@@ -13,7 +13,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, streaming, v2
+from benchmarks import (
+    RESULTS, chaos, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, streaming, v2,
+)
 from benchmarks.config import SCENARIOS, RunConfig
 
 SCHEMA = 1
@@ -30,6 +32,7 @@ def parse(argv: Sequence[str] | None) -> RunConfig:
     p.add_argument("--backends", help="device scenario: comma-separated backends (default: every viable one)")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator (default: wrk when installed, else the Python client)")
+    p.add_argument("--faults", help=f"chaos scenario: comma-separated, from {','.join(chaos.NAMES)} (default: all)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"folder for results (default {RESULTS})")
     p.add_argument("--triton-python", metavar="PYTHON",
                    help="v2 scenario: a Python with nvidia-pytriton and torch, to run the same MLP on Triton beside "
@@ -49,6 +52,11 @@ def parse(argv: Sequence[str] | None) -> RunConfig:
         overrides["concurrency"] = tuple(int(c) for c in args.concurrency.split(","))
     if args.backends:
         overrides["backends"] = tuple(b.strip() for b in args.backends.split(","))
+    if args.faults:
+        overrides["faults"] = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+        if set(overrides["faults"]) - set(chaos.NAMES):
+            p.error(f"unknown fault(s) {sorted(set(overrides['faults']) - set(chaos.NAMES))}; "
+                    f"choose from {','.join(chaos.NAMES)}")
     return RunConfig.quick_run(**overrides) if args.quick else RunConfig(**overrides)
 
 
@@ -95,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("resnet", resnet.steps(config), lambda tick: resnet.run(config, logs, tick)))
     if "streaming" in config.scenarios:
         jobs.append(("streaming", streaming.steps(config), lambda tick: streaming.run(config, logs, tick)))
+    if "chaos" in config.scenarios:
+        jobs.append(("chaos", chaos.steps(config), lambda tick: chaos.run(config, logs, tick)))
 
     results: dict[str, Any] = {}
     failed = False
@@ -124,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "scenarios": list(config.scenarios), "quick": config.quick, "duration_s": config.duration_s,
             "rounds": config.rounds, "warmup_s": config.warmup_s, "concurrency": list(config.concurrency),
             "batch_sizes": list(config.batch_sizes), "loadgen": tool,
-            "gpuserve_queue_size": servers.QUEUE_SIZE,
+            "gpuserve_queue_size": servers.QUEUE_SIZE, "faults": list(config.faults or chaos.NAMES),
             "server_threads": {k: servers.server_env(os.environ)[k] for k in servers.THREADS_ENV},
         },
         "cpu_only": not env["gpus"],

@@ -1,4 +1,5 @@
-"""The services gpuserve serves in the benchmarks: an echo, the example MLP, an image, a stream and ResNet-50.
+"""The services gpuserve serves in the benchmarks: an echo, the example MLP, an image, a stream, ResNet-50
+and one that fails.
 
 The echo and the MLP come with and without batching. The MLP is the example
 classifier's own model and forward pass (`examples/classifier/model.py`),
@@ -6,13 +7,15 @@ loaded from its file so that the baseline server runs exactly the same code.
 The batched MLP is typed as the example is: its body is checked at the door
 and its rows merged into one float32 array. `Images` echoes a tensor over the
 v2 protocol (scenario `v2`), `Streamer` yields 1 KB values (scenario
-`streaming`), and ResNet-50 (scenario `resnet`) runs the same `classify` as its
-offline loop.
+`streaming`), ResNet-50 (scenario `resnet`) runs the same `classify` as its
+offline loop, and `Chaos` fails on demand (scenario `chaos`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -128,3 +131,30 @@ class Streamer:
     @gpuserve.api
     def values(self, n: int) -> Iterator[str]:
         yield from stream_values(n)
+
+
+CHAOS_DIR_ENV = "CHAOS_DIR"  # where the `chaos` scenario tells `Chaos` that its constructor should fail
+CHAOS_CALL_S = 0.002  # a call's fixed cost, as a device's launch: batching pays, as it does on a GPU
+
+
+@gpuserve.service(backend="cpu")
+class Chaos:
+    """Answers each row with itself, unless the row is a fault: `hang` never returns, `exit` ends the
+    worker process, `oom` runs out of memory however small its batch. The constructor fails while the
+    file `fail-init` exists in `$CHAOS_DIR`."""
+
+    def __init__(self) -> None:
+        if (Path(os.environ.get(CHAOS_DIR_ENV, ".")) / "fail-init").exists():
+            raise RuntimeError("the chaos scenario told this constructor to fail")
+
+    @gpuserve.api(batchable=True, max_batch_size=MAX_BATCH)
+    def predict(self, x: list[str]) -> list[str]:
+        for row in x:
+            if row == "hang":
+                time.sleep(3600)
+            elif row.startswith("exit"):
+                os._exit(3)
+            elif row == "oom":
+                raise MemoryError("this row does not fit, even alone")
+        time.sleep(CHAOS_CALL_S)
+        return x

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import attrs
 
-SCENARIOS = ("device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet")
+SCENARIOS = ("device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet", "chaos")
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 256)
@@ -26,6 +26,7 @@ class RunConfig:
     quick: bool = False
     out: Path = Path("benchmarks/results")
     triton_python: str | None = None  # v2 scenario: an interpreter with nvidia-pytriton, for the Triton baseline
+    faults: tuple[str, ...] | None = None  # chaos scenario: None means every fault
 
     @classmethod
     def quick_run(cls, **overrides: object) -> "RunConfig":

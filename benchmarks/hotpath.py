@@ -68,6 +68,7 @@ class InlineExecutor(ThreadExecutor):
     """
 
     async def start(self) -> None:
+        self._replica = self.new_replica()
         self._replica.build()
 
     async def run(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]) -> BatchResult:

@@ -94,7 +94,32 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
         row = streamed.get(streams)
         checks.append(_check(f"streaming 1 KB values/s / raw aiohttp StreamResponse values/s, {streams} stream(s)",
                              row and row["ratio"], ">=", TARGET_RATIO))
-    return checks
+    return checks + _chaos_targets(_rows(results, "chaos"))
+
+
+# The chaos scenario's goals: nothing accepted goes unanswered (but where the server itself is
+# SIGKILLed), every fault is seen, recovery within the bounds the README states.
+CHAOS_EXIT_MARGIN_S = 1.0  # the stop's promise: --drain-timeout plus this
+CHAOS_OOM_RECOVERY_S = 10.0
+
+
+def _chaos_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {r["fault"]: r for r in rows}
+    kept = [r for r in rows if r["fault"] != "server_killed"]
+    lost = sum(r["lost"] for r in kept) if kept else None
+    seen = sum(r["detected"] for r in rows) / len(rows) if rows else None
+    oom = by.get("oom_item", {}).get("recovery_s")
+    stops = [r["exit_s"] - r["budget_s"] for r in rows if r.get("budget_s") is not None and r.get("exit_s")]
+    worker = by.get("server_killed", {}).get("workers_gone_s")
+    return [
+        _check("chaos: requests lost, every fault but SIGKILL of the server itself", lost, "<=", 0),
+        _check("chaos: share of faults detected", seen, ">=", 1.0),
+        _check("chaos: after one out-of-memory request, seconds until 0.9x the throughput before",
+               oom, "<=", CHAOS_OOM_RECOVERY_S),
+        _check("chaos: stops (SIGTERM with a stuck replica, Ctrl-C to the group), seconds past --drain-timeout",
+               max(stops) if stops else None, "<=", CHAOS_EXIT_MARGIN_S),
+        _check("chaos: seconds a worker process outlives its SIGKILLed server", worker, "<=", 1.0),
+    ]
 
 
 def _stream_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -331,6 +356,14 @@ def summary(document: dict[str, Any]) -> str:
         parts.append(_table(["step", "clients", "us/item", "over floor"],
                             [[r["step"], r["clients"] or "", r["us_per_item"], r.get("overhead_us_per_item", "")]
                              for r in _rows(results, "hotpath")]))
+    if _rows(results, "chaos"):
+        parts.append(f"chaos: faults under load ({_rows(results, 'chaos')[0]['clients']} clients); times in s "
+                     "from the fault (stops: from the signal)")
+        parts.append(_table(
+            ["fault", "requests", "answered", "lost", "detected", "recovered", "/readyz", "exit", "code"],
+            [[r["fault"], r["requests"], " ".join(f"{k}:{v}" for k, v in r["answered"].items()), r["lost"],
+              r.get("detected_s"), r.get("recovery_s"), " ".join(f"{k}:{v}" for k, v in r["readyz"].items()),
+              r.get("exit_s"), r.get("exit_code")] for r in _rows(results, "chaos")]))
     checks = document.get("targets") or []
     if checks:
         parts.append("targets")

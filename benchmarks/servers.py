@@ -29,7 +29,7 @@ def _cpu(stat_path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """The processes `pid` started, and theirs (e.g. process executors)."""
     found: list[int] = []
     try:
@@ -43,7 +43,7 @@ def _descendants(pid: int) -> list[int]:
         except OSError:
             continue
         for child in children:
-            found += [child, *_descendants(child)]
+            found += [child, *descendants(child)]
     return found
 
 
@@ -96,7 +96,7 @@ class Server:
         process, loop = _cpu(f"/proc/{pid}/stat"), _cpu(f"/proc/{pid}/task/{pid}/stat")
         if process is None or loop is None:
             return None
-        return process + sum(_cpu(f"/proc/{child}/stat") or 0.0 for child in _descendants(pid)), loop
+        return process + sum(_cpu(f"/proc/{child}/stat") or 0.0 for child in descendants(pid)), loop
 
     def wait_ready(self, path: str = "/readyz", timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -120,15 +120,19 @@ class Server:
                 self.proc.wait()
 
 
-def launch(name: str, command: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None) -> Server:
-    """Start `command --port P` from the repository root; `wait_ready` before use."""
+def launch(name: str, command: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None,
+           new_session: bool = False) -> Server:
+    """Start `command --port P` from the repository root; `wait_ready` before use.
+
+    `new_session`: the server leads a process group of its own (the `chaos` scenario signals the group).
+    """
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [*command, "--port", str(port)], cwd=ROOT, env=server_env(env if env is not None else os.environ),
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
         )
     return Server(name, f"http://127.0.0.1:{port}", proc, log_path)
 

@@ -8,11 +8,12 @@ DECAY = 0.98  # older batches count less: devices warm up, clocks change
 class LatencyModel:
     """Exponentially weighted least squares of seconds = a + b * batch_size."""
 
-    __slots__ = ("_w", "_x", "_y", "_xx", "_xy", "observations")
+    __slots__ = ("_w", "_x", "_y", "_xx", "_xy", "observations", "largest")
 
     def __init__(self) -> None:
         self._w = self._x = self._y = self._xx = self._xy = 0.0
         self.observations = 0
+        self.largest = 0  # the largest batch seen: the edge of the evidence
 
     def observe(self, size: int, seconds: float) -> None:
         self._w = self._w * DECAY + 1.0
@@ -21,6 +22,8 @@ class LatencyModel:
         self._xx = self._xx * DECAY + size * size
         self._xy = self._xy * DECAY + size * seconds
         self.observations += 1
+        if size > self.largest:
+            self.largest = size
 
     def predict(self, size: int) -> float | None:
         """Predicted seconds for a batch of `size`; None until there is evidence."""
@@ -32,6 +35,15 @@ class LatencyModel:
             return mean_y * max(size / mean_x, 1.0) if mean_x else mean_y
         slope = max((self._xy / self._w - mean_x * mean_y) / var_x, 0.0)
         return max(mean_y + slope * (size - mean_x), 0.0)
+
+    def predict_seen(self, size: int) -> float | None:
+        """As `predict`, but None above the largest batch seen.
+
+        Single requests cost mostly their fixed overhead: scaled up to a full
+        batch they predict one many times too slow. What is refused on a
+        prediction must rest on evidence, so beyond it there is none.
+        """
+        return self.predict(size) if size <= self.largest else None
 
     def largest_within(self, seconds: float, limit: int) -> int | None:
         """The largest batch size up to `limit` predicted to take at most `seconds` (at least 1);

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gpuserve.devices import SourceUnavailable, source_for
+from gpuserve.health import ReplicaState
 from gpuserve.stats import Stats
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ class ServingCollector:
         outcomes = CounterMetricFamily(
             "gpuserve_outcomes", "Items that ran, by outcome", labels=["api", "outcome"]
         )
+        reruns = CounterMetricFamily(
+            "gpuserve_reruns", "Requests run again alone after their batch failed as a whole or lost its replica",
+            labels=["api"],
+        )
         streams = GaugeMetricFamily("gpuserve_streams_open", "Streams open, queued or running", labels=["api"])
         values = CounterMetricFamily("gpuserve_stream_values", "Values streamed to the event loop", labels=["api"])
         waiting = GaugeMetricFamily(
@@ -81,12 +86,40 @@ class ServingCollector:
                 refusals.add_metric([api, reason], n)
             for outcome, n in s.outcomes.items():
                 outcomes.add_metric([api, outcome], n)
+            reruns.add_metric([api], s.reruns)
             if s.streaming:
                 streams.add_metric([api], s.streams)
                 values.add_metric([api], s.stream_values)
                 waiting.add_metric([api], s.streams_waiting)
-        yield from (depth, in_flight, batches, queue_time, queued, exec_time, refusals, outcomes, streams, values,
-                    waiting)
+        yield from (depth, in_flight, batches, queue_time, queued, exec_time, refusals, outcomes, reruns, streams,
+                    values, waiting)
+
+
+class ReplicaCollector:
+    """Each replica's state (one series per state, 1 for the current one), restarts and abandoned threads."""
+
+    def __init__(self, state: "ServerState") -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        ready = GaugeMetricFamily("gpuserve_ready", "1 while some replica can take work (as /readyz)")
+        ready.add_metric([], 1.0 if self._state.ready else 0.0)
+        states = GaugeMetricFamily("gpuserve_replica_state", "1 for the replica's current state",
+                                   labels=["replica", "state"])
+        restarts = CounterMetricFamily("gpuserve_replica_restarts", "Rebuilds after it was lost or stuck",
+                                       labels=["replica"])
+        stuck = CounterMetricFamily("gpuserve_replica_stuck", "Calls the watchdog gave up on", labels=["replica"])
+        abandoned = GaugeMetricFamily("gpuserve_replica_abandoned_threads",
+                                      "Threads of replicas given up on, still running user code", labels=["replica"])
+        for key, health in self._state.pool.health_snapshot().items():
+            for member in ReplicaState:
+                states.add_metric([key, member.value], 1.0 if health["state"] == member.value else 0.0)
+            restarts.add_metric([key], health["restarts"])  # type: ignore[arg-type]
+            stuck.add_metric([key], health["stuck"])  # type: ignore[arg-type]
+            abandoned.add_metric([key], health["abandoned_threads"])  # type: ignore[arg-type]
+        yield from (ready, states, restarts, stuck, abandoned)
 
 
 class GpuCollector:
@@ -134,6 +167,7 @@ def add_metrics_route(app: web.Application, state: "ServerState") -> None:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServingCollector(state.batcher.read_stats))
+    registry.register(ReplicaCollector(state))
     planned = [d.uuid for d in state.deployment.kind.local_gpus()]
     if planned:
         registry.register(GpuCollector(planned, state.deployment.base_env))

@@ -85,7 +85,9 @@ class Failure:
 
 @attrs.frozen
 class BatchResult:
-    outcomes: list[Any]  # per item, in order: its encoded result, or a Failure
+    outcomes: list[Any]  # per item, in order: its encoded result, or a Failure; empty when `failure` is set
     exec_s: float  # time spent in the user's method(s)
-    # Set after an out-of-memory error: the largest batch size that still ran, to stay at or below.
-    oom_ceiling: int | None = None
+    # A call of several requests that raised as a whole blames none of them:
+    # the batcher runs each again alone, and each answers for itself.
+    failure: Failure | None = None
+    out_of_memory: bool = False  # the call (the whole batch, or its one request) ran out of memory

@@ -27,10 +27,12 @@ What is here:
   with `--executors NAME`): `ExecutorKind` and the `Target` it is given (the
   service's `ServiceSpec` with its `Resources`, the backend, the `Settings`),
   `Executor` (what the pool drives: `start`, `alive`, `run`, `restart`,
-  `stop`, within `STOP_GRACE_S` unless told otherwise), `Placement`,
-  `BatchResult`, `Failure`, `Encoder`, `ExecutorDied` (raise it when the
-  replica is lost), `PlanError` (the replicas cannot fit), `format_bytes`,
-  `valid_gpu_types()`;
+  `stop`, within `STOP_GRACE_S` unless told otherwise; `abandon` to give up
+  on a stuck call, `on_lost` to call when the replica dies between batches),
+  `Placement`, `BatchResult`, `Failure`, `Encoder`, `ExecutorDied` (raise it
+  when the replica is lost), `ExecutorStuck` (raise it from `run` once
+  `abandon` gave up on the call), `PlanError` (the replicas cannot fit),
+  `format_bytes`, `valid_gpu_types()`;
   and to host a replica in a process of yours: `import_service`,
   `build_replica` and the `Replica` they build (`replica.run(api, items,
   encoders)` runs one batch).
@@ -53,7 +55,7 @@ from gpuserve.devices.nvml import driver_versions as nvidia_driver_versions
 from gpuserve.devices.uuids import format_uuid, same_device, uuid_key
 from gpuserve.distributions import cuda_runtime_pinned_by
 from gpuserve.errors import BackendError, CapabilityError, GpuserveError, PlanError
-from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, ExecutorStuck, Placement
 from gpuserve.executors.hosting import build_replica, import_service
 from gpuserve.executors.kind import EXECUTORS_GROUP, ExecutorKind, Target
 from gpuserve.executors.replica import Replica
@@ -94,6 +96,7 @@ __all__ = [
     "Encoder",
     "Executor",
     "ExecutorDied",
+    "ExecutorStuck",
     "ExecutorKind",
     "Failure",
     "GpuserveError",

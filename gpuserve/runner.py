@@ -1,23 +1,29 @@
 """Run an application until a signal or a failure, then stop it within its budget.
 
 What `aiohttp.web.run_app` does, with what a model server needs beside it:
-a port that cannot be bound, and replicas that cannot be built, end the
-process with one line and a non-zero status (no traceback, no signal sent to
-itself); SIGINT and SIGTERM stop it in order (`lifecycle.py`).
+a port that cannot be bound, and a server that failed (replicas that cannot
+be built), end the process with one line and a non-zero status (no traceback,
+no signal sent to itself); SIGINT and SIGTERM stop it in order
+(`lifecycle.py`), within `--drain-timeout`: should anything in the process
+refuse to end, it exits anyway `EXIT_MARGIN_S` after the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import faulthandler
 import logging
+import os
 import signal
+import threading
 
 from aiohttp import web
 
+from gpuserve import lifecycle
 from gpuserve.eventloop import new_event_loop
 from gpuserve.settings import Settings
-from gpuserve.state import STATE
+from gpuserve.state import EXIT_MARGIN_S, STATE, ServerState
 
 log = logging.getLogger("gpuserve")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -28,6 +34,8 @@ access_log = logging.getLogger("gpuserve.access")
 
 def serve(app: web.Application, settings: Settings) -> str | None:
     """Serve `app` until stopped; None after a clean stop, else why it could not serve."""
+    # A crash in native code (a segfault, an abort) at least leaves every thread's traceback on stderr.
+    faulthandler.enable(all_threads=True)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -42,7 +50,8 @@ async def _serve(app: web.Application, settings: Settings) -> str | None:
     state = app[STATE]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    state.on_failure = lambda _reason: stop.set()
+    if settings.exit_on_failure:
+        state.on_failure = lambda _reason: stop.set()
     for sig in _SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(
@@ -64,13 +73,31 @@ async def _serve(app: web.Application, settings: Settings) -> str | None:
             host, port = runner.addresses[0][:2]
             log.info("serving on http://%s:%d", host, port)
             await stop.wait()
+            state.begin_stop(loop.time())
+            _exit_at_the_latest(state.stop.total_s + EXIT_MARGIN_S, state)
             if state.failure is None:
                 log.info("stopping: finishing accepted requests within %g s (--drain-timeout)", state.stop.total_s)
+            for listening in list(runner.sites):  # no new connections; open ones get 503 and are closed
+                await listening.stop()
+            await lifecycle.drain(app)
     finally:
         await runner.cleanup()
         for sig in _SIGNALS:
             loop.remove_signal_handler(sig)
     return state.failure
+
+
+def _exit_at_the_latest(seconds: float, state: ServerState) -> None:
+    """End the process after `seconds` if it has not ended: the stop's promise, whatever will not end."""
+
+    def force() -> None:
+        # Straight to the file descriptor: whatever hangs may hold a lock of `logging`.
+        os.write(2, f"gpuserve: the stop ran {EXIT_MARGIN_S:g} s past --drain-timeout; exiting now\n".encode())
+        os._exit(1 if state.failure is not None else 0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def _cannot_listen(settings: Settings, exc: OSError) -> str:

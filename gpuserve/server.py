@@ -39,10 +39,10 @@ def _load_plugins(app: web.Application) -> None:
 
 def create_app(deployment: Deployment) -> web.Application:
     settings = deployment.settings
-    pool = DevicePool(deployment.executors())
+    pool = DevicePool(deployment.executors(), max_build_failures=settings.max_build_failures)
     limits = StreamLimits(settings.max_streams, settings.stream_timeout, settings.stream_gap_timeout)
     batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size, timeout=settings.timeout,
-                      stream_limits=limits)
+                      call_timeout=settings.call_timeout, stream_limits=limits)
     app = web.Application(client_max_size=settings.max_body_size)
     app[STATE] = ServerState(deployment, pool, batcher, StopBudget(settings.drain_timeout))
     app.on_shutdown.append(lifecycle.drain)

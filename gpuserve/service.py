@@ -14,7 +14,8 @@ from gpuserve.resources import Resources
 from gpuserve.signature import Signature, signature_of
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-_RESERVED_ROUTES = frozenset({"livez", "readyz", "stats", "metrics", "docs", "v2"})
+# Routes of the server, and "replicas": `/stats` holds every API by name and the replicas under that key.
+_RESERVED_ROUTES = frozenset({"livez", "readyz", "stats", "metrics", "docs", "v2", "replicas"})
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +63,8 @@ class ApiSpec:
     max_batch_size: int
     max_latency_ms: float
     signature: Signature
+    # Seconds one call may run before the watchdog replaces its replica; None: the server's --call-timeout.
+    call_timeout: float | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -110,6 +113,7 @@ def api(
     batchable: bool = False,
     max_batch_size: int = 64,
     max_latency_ms: float = 60_000,
+    call_timeout: float | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -120,6 +124,7 @@ def api(
     batchable: bool = False,
     max_batch_size: int = 64,
     max_latency_ms: float = 60_000,
+    call_timeout: float | None = None,
 ) -> Any:
     """Expose a method as `POST /<name>`; `async def` methods run on the replica's own event loop.
 
@@ -129,6 +134,9 @@ def api(
     merged along dimension 0 (a list, or one array for array parameters) and
     returns one result per row; each request gets back its own rows.
     `max_latency_ms` bounds time in queue plus predicted execution.
+    `call_timeout` (seconds) is how long one call may run before it counts as
+    stuck: its requests fail and its replica is replaced (default: the server's
+    `--call-timeout`, else its `--timeout`).
 
     A generator method streams: each value it yields is sent as soon as it is
     yielded (`gpuserve.protocols.streaming`). A batchable one receives one row
@@ -141,6 +149,7 @@ def api(
         raise DeclarationError(f"batchable={batchable!r} is invalid: expected True or False")
     size = _positive_int("max_batch_size", max_batch_size)
     latency = _positive_number("max_latency_ms", max_latency_ms)
+    limit = None if call_timeout is None else _positive_number("call_timeout", call_timeout)
 
     def mark(f: F) -> F:
         if not callable(f):
@@ -149,7 +158,7 @@ def api(
         if not isinstance(route, str) or not _ROUTE_NAME.match(route) or route in _RESERVED_ROUTES:
             raise DeclarationError(
                 f"API name {route!r} is invalid: expected letters, digits, '_' or '-', "
-                f"not one of the reserved routes {sorted(_RESERVED_ROUTES)}"
+                f"not one of the reserved names {sorted(_RESERVED_ROUTES)}"
             )
         f.__gpuserve_api__ = ApiSpec(  # type: ignore[attr-defined]
             name=route,
@@ -158,6 +167,7 @@ def api(
             max_batch_size=size if batchable else 1,
             max_latency_ms=latency,
             signature=signature_of(f, batchable, size),
+            call_timeout=limit,
         )
         return f
 

@@ -49,6 +49,11 @@ class Settings:
     max_streams: int = attrs.field(default=256, validator=_positive)  # open streams per streaming API
     stream_timeout: float = attrs.field(default=600.0, validator=_positive)  # a stream's whole duration, seconds
     stream_gap_timeout: float = attrs.field(default=60.0, validator=_positive)  # the longest silence between values
+    # Seconds one call may run before its replica counts as stuck and is replaced; None: `timeout`.
+    call_timeout: float | None = attrs.field(default=None, validator=_positive)
+    # Builds of one replica that may fail in a row before the server counts as failed.
+    max_build_failures: int = attrs.field(default=5, validator=_positive)
+    exit_on_failure: bool = True  # a failed server exits non-zero (else it stays up, answering 503)
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> "Settings":

@@ -2,12 +2,13 @@
 
 Per API: queue depth (requests), requests in flight per device, batch sizes
 in rows and in requests (a batchable API's request may carry several rows),
-the batch ceiling per device in rows (lowered after out-of-memory errors),
-time in queue, execution time per device, refusals by reason (the request
-never ran) and outcomes of the requests that did run; for a streaming API also
-its open streams, the values sent and the streamed batches whose producer
-waits on a slow reader. Plain counters: updating them costs a few dictionary
-operations on the event loop.
+the batch ceiling per device in rows (lowered after out-of-memory errors,
+raised again as batches succeed), time in queue, execution time per device,
+refusals by reason (the request never ran), outcomes of the requests that did
+run, and requests run again alone after their batch failed as a whole or lost
+its replica; for a streaming API also its open streams, the values sent and
+the streamed batches whose producer waits on a slow reader. Plain counters:
+updating them costs a few dictionary operations on the event loop.
 """
 
 from __future__ import annotations
@@ -53,15 +54,18 @@ class ApiStats:
     in_flight: Counter[str] = attrs.Factory(Counter)  # executor key -> requests running
     batch_sizes: Counter[int] = attrs.Factory(Counter)  # rows per batch -> batches
     batch_requests: Counter[int] = attrs.Factory(Counter)  # requests per batch -> batches
-    batch_ceiling: dict[str, int] = attrs.Factory(dict)  # executor key -> cap after out-of-memory
+    batch_ceiling: dict[str, int] = attrs.Factory(dict)  # executor key -> cap since an out-of-memory error
     queue_time: Summary = attrs.Factory(Summary)
     exec_time: defaultdict[str, Summary] = attrs.Factory(lambda: defaultdict(Summary))  # per executor key
     # Why requests were answered without running: queue_full, latency, deadline,
-    # cancelled (the client left), shutting_down.
+    # cancelled (the client left), shutting_down, failed (the server), quarantined.
     refusals: Counter[str] = attrs.Factory(Counter)
     # What became of items that were taken into a batch: ok, error (500),
-    # executor_lost (503), deadline (504 while running), cancelled (client left while running).
+    # crashed (500: it crashed its replica), call_timeout (504: the watchdog stopped its call),
+    # executor_lost (503: lost while the server stops), deadline (504 while running),
+    # cancelled (client left while running).
     outcomes: Counter[str] = attrs.Factory(Counter)
+    reruns: int = 0  # requests run again alone after their batch failed as a whole or lost its replica
     streaming: bool = False  # a streaming API: the three below are counted
     streams: int = 0  # streams open: admitted and not yet ended, queued or running
     stream_values: int = 0  # values that reached the event loop
@@ -91,6 +95,7 @@ class Stats:
                 "exec_time_s": {k: v.snapshot() for k, v in s.exec_time.items()},
                 "refusals": dict(s.refusals),
                 "outcomes": dict(s.outcomes),
+                "reruns": s.reruns,
                 **({"streams": {"open": s.streams, "values": s.stream_values,
                                 "waiting_on_readers": s.streams_waiting}} if s.streaming else {}),
             }

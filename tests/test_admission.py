@@ -13,7 +13,14 @@ import pytest
 
 import gpuserve
 from gpuserve.batching import Reason, Refused
-from gpuserve.batching.admission import GROUP_BUDGET_S, PROBE_INTERVAL_S, UNBATCHED_MAX_PER_HOP, Admission
+from gpuserve.batching.admission import (
+    GROUP_BUDGET_S,
+    HEAL_AFTER,
+    OOM_MEMORY_S,
+    PROBE_INTERVAL_S,
+    UNBATCHED_MAX_PER_HOP,
+    Admission,
+)
 from gpuserve.outcomes import BatchResult
 from gpuserve.service import spec_of
 from gpuserve.stats import ApiStats
@@ -90,16 +97,81 @@ def test_out_of_memory_lowers_only_that_lanes_ceiling_and_says_so_in_stats():
     admission_, policy, stats = admission()
     oom_lane, other = policy.lanes.values()
     assert admission_.ceiling(policy, oom_lane, depth=100) == 8
-    admission_.learn(policy, oom_lane, 8, BatchResult([None] * 8, 0.5, oom_ceiling=2), now=0.0, stats=stats)
-    assert admission_.ceiling(policy, oom_lane, depth=100) == 2
+    admission_.out_of_memory(policy, oom_lane, 8, now=0.0, stats=stats)
+    assert admission_.ceiling(policy, oom_lane, depth=100) == 4  # nothing ran yet: half of what failed
     assert admission_.ceiling(policy, other, depth=100) == 8
-    assert stats.batch_ceiling == {oom_lane.key: 2}
-    # A split batch's time teaches the latency model nothing.
+    assert stats.batch_ceiling == {oom_lane.key: 4}
+    # A batch that failed teaches the latency model nothing.
     assert oom_lane.model.observations == 0
+
+
+def test_after_out_of_memory_the_ceiling_drops_to_the_largest_batch_that_ran():
+    admission_, policy, stats = admission()
+    lane = next(iter(policy.lanes.values()))
+    admission_.learn(policy, lane, 6, BatchResult([None] * 6, 0.01), now=0.0, stats=stats)
+    admission_.out_of_memory(policy, lane, 8, now=0.0, stats=stats)
+    assert lane.ceiling == 6
+
+
+def succeed(admission_, policy, lane, stats, batches, now=0.0):
+    """`batches` batches that fill the lane's ceiling run without running out of memory."""
+    for _ in range(batches):
+        size = lane.ceiling
+        admission_.learn(policy, lane, size, BatchResult([None] * size, 0.01), now=now, stats=stats)
+
+
+def test_a_lowered_ceiling_rises_as_full_batches_run_but_stays_below_what_ran_out_of_memory():
+    admission_, policy, stats = admission()
+    lane = next(iter(policy.lanes.values()))
+    admission_.out_of_memory(policy, lane, 8, now=0.0, stats=stats)
+    assert lane.ceiling == 4
+    succeed(admission_, policy, lane, stats, HEAL_AFTER - 1)
+    assert lane.ceiling == 4  # not yet
+    succeed(admission_, policy, lane, stats, 1)
+    assert lane.ceiling == 6  # halfway to the 8 rows that ran out of memory
+    succeed(admission_, policy, lane, stats, HEAL_AFTER)
+    assert lane.ceiling == 7
+    succeed(admission_, policy, lane, stats, 3 * HEAL_AFTER)
+    assert lane.ceiling == 7 and stats.batch_ceiling == {lane.key: 7}  # 8 is remembered as too big
+    succeed(admission_, policy, lane, stats, HEAL_AFTER, now=OOM_MEMORY_S)
+    assert lane.ceiling == 8 and stats.batch_ceiling == {}  # forgotten after a while: tried again
+
+
+def test_batches_below_a_lowered_ceiling_do_not_raise_it():
+    admission_, policy, stats = admission()
+    lane = next(iter(policy.lanes.values()))
+    admission_.out_of_memory(policy, lane, 8, now=0.0, stats=stats)
+    for _ in range(4 * HEAL_AFTER):
+        admission_.learn(policy, lane, 2, BatchResult([None] * 2, 0.01), now=0.0, stats=stats)
+    assert lane.ceiling == 4  # light load: the ceiling never limited anything, nothing to learn
+
+
+def test_a_request_that_runs_out_of_memory_alone_clears_its_batchs_size_of_blame():
+    admission_, policy, stats = admission()
+    lane = next(iter(policy.lanes.values()))
+    suspect = admission_.out_of_memory(policy, lane, 8, now=0.0, stats=stats)
+    assert lane.ceiling == 4
+    admission_.oom_explained(policy, suspect, stats)
+    assert lane.ceiling == 8 and lane.too_big is None and stats.batch_ceiling == {}
+    admission_.oom_explained(policy, suspect, stats)  # a second one changes nothing
+    assert lane.ceiling == 8
+
+
+def test_a_model_that_has_seen_only_single_requests_admits_a_first_burst():
+    admission_, policy, stats = admission()
+    # 30 ms per single request, mostly fixed cost: scaled to a batch of 8 it would predict
+    # 240 ms per batch against a 100 ms budget; a batch it has not seen is not evidence.
+    learn(admission_, policy, stats, 0.030, sizes=(1, 1, 1))
+    for depth in range(64):
+        assert admission_.check(policy, depth, now=0.0, stats=stats) is False
+    assert not stats.refusals
+    assert admission_.predict_wait(policy, 0, now=0.0) == pytest.approx(0.030)  # what it has seen, it predicts
 
 
 def test_unbatched_calls_share_a_hop_as_far_as_their_cost_allows():
     cheap, policy, stats = admission("one")
+    # One call per hop until a call's cost is known: a hop is then one call, as the watchdog's limit assumes.
+    assert cheap.ceiling(policy, next(iter(policy.lanes.values())), depth=100) == 1
     learn(cheap, policy, stats, 0.00001, sizes=(1, 2, 4))
     lane = next(iter(policy.lanes.values()))
     assert lane.group == UNBATCHED_MAX_PER_HOP

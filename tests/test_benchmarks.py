@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))  # `benchmarks` runs from the repository root; it 
 
 from benchmarks import loadgen, report, streaming  # noqa: E402
 from benchmarks.__main__ import SCHEMA  # noqa: E402
+from benchmarks.config import SCENARIOS  # noqa: E402
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +47,8 @@ def _png(path: Path) -> bool:
 def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--duration", "0.3", "--concurrency", "1,4",
-         "--backends", "torch", "--loadgen", "python", "--out", str(tmp_path)],
+         "--backends", "torch", "--loadgen", "python", "--scenarios", ",".join(s for s in SCENARIOS if s != "chaos"),
+         "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -82,7 +84,7 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
 
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 10
+    assert len(document["targets"]) == 15  # the chaos scenario's five are not measured here
     v2 = results["v2"]  # the v2 protocol beside raw aiohttp and the hand-written batcher (Triton only when given)
     assert {(r["workload"], r["against"]) for r in v2["ratios"]} == {
         ("image_v2", "image"), ("mlp_native", "mlp_batched"), ("mlp_v2_json", "mlp_batched"),
@@ -133,7 +135,8 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
     assert all(r["rps_ratio"] == pytest.approx(expected.get(r["workload"], 0.95)) for r in compared)
 
     results["resnet"] = {"ratio": 0.93}
-    checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)}
+    checks = {c["target"].split(" ")[0] + c["op"]: c["met"] for c in report.targets(results, compared)
+              if not c["target"].startswith("chaos")}
     assert checks == {"echo>=": True, "echo_batched>=": True, "batched>=": False, "batched<=": True, "v2>=": None,
                       "Ray>=": True, "batcher<=": True, "ResNet-50>=": True, "streaming>=": None}
     del results["resnet"]
@@ -177,6 +180,43 @@ def test_the_tail_target_compares_each_round_with_its_own_median() -> None:
     assert tail((4, 6), (4, 6), (10, 19), (10, 19))["value"] == pytest.approx(1.7)
     assert tail((4, 6), (4, 6), (10, 19), (10, 19))["met"] is True
     assert tail((4, 9), (4, 9), (10, 25))["met"] is False
+
+
+CHAOS_KEYS = {"fault", "what", "flags", "clients", "requests", "answered", "lost", "not_connected", "rps_before",
+              "recovery_s", "readyz", "readyz_not_200_from_s", "readyz_200_again_s", "detected_s", "detected"}
+
+
+def test_a_quick_chaos_run_applies_its_faults_under_load_and_reports_each(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--scenarios", "chaos", "--faults", "oom_item,group_ctrl_c",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = tmp_path.iterdir()
+    document = json.loads((run_dir / "results.json").read_text())
+    rows = {r["fault"]: r for r in document["results"]["chaos"]}
+    assert set(rows) == {"oom_item", "group_ctrl_c"} and all(CHAOS_KEYS <= r.keys() for r in rows.values())
+    assert all(r["requests"] > 0 and r["detected"] for r in rows.values())
+    assert rows["oom_item"]["fault_answer"] == 500 and rows["oom_item"]["fault_type"] == "MemoryError"
+    assert rows["group_ctrl_c"]["exit_code"] == 0 and rows["group_ctrl_c"]["workers_rebuilt"] == 0
+    checks = {c["target"]: c for c in document["targets"] if c["target"].startswith("chaos")}
+    assert len(checks) == 5 and checks["chaos: share of faults detected"]["met"] is True
+    assert "chaos: faults under load" in done.stdout
+
+
+def test_chaos_targets_from_figures() -> None:
+    row = {"lost": 0, "detected": True, "exit_s": None, "budget_s": None}
+    rows = [{**row, "fault": "oom_item", "recovery_s": 0.5},
+            {**row, "fault": "group_ctrl_c", "exit_s": 5.4, "budget_s": 5.0},
+            {**row, "fault": "server_killed", "lost": 64, "workers_gone_s": 0.05}]
+    checks = {c["target"].split(",")[0]: (c["value"], c["met"]) for c in report.targets({"chaos": rows}, [])
+              if c["target"].startswith("chaos")}
+    assert checks["chaos: requests lost"] == (0, True)  # the killed server's own losses are its nature
+    assert checks["chaos: share of faults detected"] == (1.0, True)
+    assert checks["chaos: stops (SIGTERM with a stuck replica"] == (pytest.approx(0.4), True)
+    rows[1]["exit_s"] = 6.5
+    assert not next(c for c in report.targets({"chaos": rows}, []) if "stops" in c["target"])["met"]
 
 
 def test_unmeasured_targets_say_so() -> None:

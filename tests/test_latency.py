@@ -45,3 +45,10 @@ def test_a_batch_never_predicts_faster_than_a_smaller_one():
 def test_recent_batches_weigh_more_than_old_ones():
     model = fitted([(size, 0.001 * size) for size in (1, 8) * 50] + [(size, 0.002 * size) for size in (1, 8) * 50])
     assert model.predict(8) == pytest.approx(0.016, rel=0.2)
+
+
+def test_predictions_that_rest_on_evidence_stop_at_the_largest_batch_seen():
+    model = fitted([(1, 0.01)] * 3 + [(8, 0.02)])
+    assert model.predict_seen(8) == pytest.approx(model.predict(8))
+    assert model.predict_seen(4) == pytest.approx(model.predict(4))
+    assert model.predict_seen(9) is None and model.predict(9) is not None

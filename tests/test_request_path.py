@@ -75,17 +75,25 @@ def test_user_code_raising_is_500_with_the_type_and_the_server_keeps_serving(bas
     assert basics.post("echo", {"value": "still here"}).status == 200
 
 
-def test_batch_length_mismatch_is_500_naming_api_and_lengths(basics):
-    assert basics.post("wrong_length", {"n": [1]}).status == 200  # a batch of one, one result: fine
+def test_a_wrong_number_of_results_fails_only_the_request_that_causes_it_and_names_only_its_rows(basics):
+    # `wrong_length` drops negative rows from its results: one such row in a batch makes it short.
+    assert basics.post("wrong_length", {"n": [1, 2]}).body == [1, 2]
+    reruns = basics.get("stats").body["wrong_length"]["reruns"]
     # Hold the executor so the next requests queue up and run as one batch.
     with concurrent.futures.ThreadPoolExecutor(9) as pool:
         busy = pool.submit(basics.post, "slow", {"seconds": 1.0})
         wait_until_running(basics, "slow")
-        replies = list(pool.map(lambda i: basics.post("wrong_length", {"n": [i]}), range(8)))
+        values = [0, 1, 2, -1, 4, 5, 6, 7]
+        replies = list(pool.map(lambda i: basics.post("wrong_length", {"n": [i]}), values))
         assert busy.result().status == 200
-    assert [r.status for r in replies] == [500] * 8
-    message = replies[0].body["error"]
-    assert "'wrong_length'" in message and "returned 1 results for 8 rows" in message
+    bad = replies.pop(3)
+    assert [r.status for r in replies] == [200] * 7 and [r.body for r in replies] == [[v] for v in values if v >= 0]
+    assert bad.status == 500
+    message = bad.body["error"]
+    assert "'wrong_length'" in message and "returned 0 results for 1 row(s)" in message  # its own rows only
+    stats = basics.get("stats").body["wrong_length"]
+    assert stats["reruns"] == reruns + 8  # the batch failed as a whole: each request ran again, alone
+    assert stats["batch_requests"]["8"] >= 1
 
 
 def test_batches_larger_than_one_form_under_concurrent_load(basics):

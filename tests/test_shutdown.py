@@ -1,15 +1,20 @@
 """Start and stop: one budget (--drain-timeout) bounds the whole stop; a failed start says why in one line."""
 
 import concurrent.futures
+import http.client
+import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
+from gpuserve.testing.batching_client import one_row, running, wait_until
 from serving import APPS, serve, server_env, wait_until_running
 
 DRAIN_S = 2.0
@@ -47,6 +52,79 @@ def test_sigterm_lets_a_running_request_finish(tmp_path):
         worker.join(timeout=30)
         assert server.proc.wait(timeout=30) == 0
     assert replies and replies[0].status == 200 and replies[0].body == 1
+
+
+def test_a_request_on_a_kept_alive_connection_during_the_drain_gets_503_and_connection_close(tmp_path):
+    with serve("basics:Basics", "--drain-timeout", "20", log_dir=tmp_path) as server:
+        url = urlsplit(server.url)
+        kept = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+
+        def echo() -> http.client.HTTPResponse:
+            kept.request("POST", "/echo", body=json.dumps({"value": 1}), headers={"Content-Type": "application/json"})
+            answer = kept.getresponse()
+            answer.read()
+            return answer
+
+        first = echo()
+        assert first.status == 200 and first.getheader("Connection") != "close"  # the connection is kept
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(server.post, "slow", {"seconds": 3})  # keeps the drain busy
+            wait_until_running(server, "slow")
+            server.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: "stopping: finishing accepted requests" in server.log(), "the stop begins")
+            during = echo()  # on the connection kept alive from before the signal
+            assert during.status == 503 and during.getheader("Connection") == "close"
+            assert int(during.getheader("Retry-After")) >= 1
+            finished = running.result()
+        kept.close()
+        assert finished.status == 200 and finished.headers["Connection"] == "close"
+        assert server.proc.wait(timeout=30) == 0
+
+
+def test_a_stop_that_will_not_end_by_itself_ends_at_the_budget_and_says_so(tmp_path):
+    # The service leaves an exit hook that would sleep for an hour.
+    with serve("basics:HangsAtExit", "--drain-timeout", str(DRAIN_S), log_dir=tmp_path) as server:
+        assert server.post("ping", {}).status == 200
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=60)
+        took = time.monotonic() - started
+    assert code == 0
+    assert took < 30, f"the stop took {took:.1f} s"  # not the hour; the figure is the benchmark's
+    assert "the stop ran 1 s past --drain-timeout; exiting now" in server.log()
+
+
+# -- worker processes and the server's signals ------------------------------------------------
+
+
+def test_a_sigkilled_server_leaves_no_worker_process_behind(tmp_path):
+    env = {"BATCH_APPS_DIR": str(tmp_path)}
+    with serve("faults:FaultsProcess", env=env, log_dir=tmp_path) as server:
+        worker = server.post("whoami", {}).body["pid"]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(one_row, server, "predict", "hang", timeout=5)  # busy in user code
+            wait_until_running(server, "predict")
+            server.proc.kill()
+            server.proc.wait()
+            wait_until(lambda: not running(worker), "the worker process is gone", timeout=30)
+            (tmp_path / "unhang").touch()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_whole_process_group_drains_like_one_to_the_server_alone(tmp_path, sig):
+    env = {"BATCH_APPS_DIR": str(tmp_path)}
+    with serve("faults:FaultsProcess", "--drain-timeout", "20", env=env, log_dir=tmp_path, new_session=True) as server:
+        worker = server.post("whoami", {}).body["pid"]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            napping = pool.submit(one_row, server, "predict", "nap", timeout=30)  # a second in the model
+            wait_until_running(server, "predict")
+            os.killpg(server.proc.pid, sig)  # as a terminal's Ctrl-C, or a group kill, does
+            answer = napping.result()
+        code = server.proc.wait(timeout=30)
+    assert answer.status == 200 and answer.body["pid"] == worker  # finished where it began
+    assert code == 0
+    log = server.log()
+    assert "died" not in log and "rebuilt" not in log  # no worker lost, none rebuilt while stopping
 
 
 def serve_once(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

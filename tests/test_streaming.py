@@ -63,7 +63,8 @@ def stats(server, api):
 
 
 def idle(server):
-    return not any(n for api in server.get("stats").body.values() for n in api["in_flight"].values())
+    body = server.get("stats").body
+    return not any(n for name, api in body.items() if name != "replicas" for n in api["in_flight"].values())
 
 
 def hold_the_executor(server, directory, tag):

@@ -14,6 +14,11 @@ A streaming API's request is queued and batched the same way; its future
 resolves to its `Stream` with its first value (`streams.py`), and its protocol
 holds one of the API's `StreamLimits.max_streams` places (`open_stream`) until
 the stream is over.
+
+A call that runs past its API's limit is found by the dispatcher's watchdog
+(`watchdog.py`); an input that crashed replicas twice is refused at the door
+(`quarantine.py`): only while some input of the API is quarantined does a
+request pay for the check.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from gpuserve.batching.admission import Admission
 from gpuserve.batching.dispatch import Dispatcher
 from gpuserve.batching.queue import ApiQueue, Pending, default_queue_size
 from gpuserve.batching.refusals import Reason, Refused
+from gpuserve.batching.rerun import refuse_quarantined
 from gpuserve.batching.settle import expire
 from gpuserve.batching.streams import StreamLimits
 from gpuserve.deadlines import Deadlines
@@ -37,11 +43,13 @@ from gpuserve.stats import Stats
 
 
 class Batcher:
-    """`timeout` is the default deadline of every request, in seconds (None: none); a stream's, to its first value."""
+    """`timeout` is the default deadline of every request, in seconds (None: none); a stream's, to its first
+    value. `call_timeout` is how long one call may run before its replica counts as stuck (None: `timeout`;
+    an API's own `call_timeout` wins; streams are bounded by their `StreamLimits` instead)."""
 
     def __init__(
         self, apis: Iterable[ApiSpec], pool: DevicePool, *, queue_size: int | None = None,
-        timeout: float | None = None, stream_limits: StreamLimits | None = None,
+        timeout: float | None = None, call_timeout: float | None = None, stream_limits: StreamLimits | None = None,
     ) -> None:
         apis = list(apis)
         self.stats = Stats([api.name for api in apis], frozenset(api.name for api in apis if api.streams))
@@ -50,28 +58,37 @@ class Batcher:
         self._queues: dict[str, ApiQueue] = {}
         for api in apis:
             limit = queue_size or default_queue_size(api, len(pool))
-            self._queues[api.name] = ApiQueue(api, limit, self.stats[api.name], self._admission.add(api, limit))
+            queue = ApiQueue(api, limit, self.stats[api.name], self._admission.add(api, limit))
+            # A stream runs as long as its StreamLimits allow: the watchdog leaves it to them.
+            queue.call_limit = None if api.streams else api.call_timeout or call_timeout or timeout
+            self._queues[api.name] = queue
         self._deadlines = Deadlines(timeout, expire)
         self._dispatcher = Dispatcher(self._queues.values(), pool, self._admission, self.stream_limits)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.accepting = True
+        self._refusal = (Reason.SHUTTING_DOWN, "the server is shutting down")  # what a closed door says
 
     # -- the request side ----------------------------------------------------------
     def submit(
         self, api_name: str, kwargs: dict[str, Any], encoder: Encoder, timeout: float | None = None, rows: int = 1,
+        request_id: str | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one request of `rows` rows; the future resolves to its result, encoded by `encoder`, or raises.
 
-        Raises `Refused` at once (queue full, latency, shutting down) instead of
-        queueing work that cannot be served in time. After `timeout` seconds
-        (None: the batcher's default) the future raises `Refused` for the
-        deadline, wherever the item is; cancelling the future (the client left)
-        drops the item if it has not started.
+        Raises `Refused` at once (queue full, latency, shutting down, failed,
+        quarantined input) instead of queueing work that cannot be served in
+        time. After `timeout` seconds (None: the batcher's default) the future
+        raises `Refused` for the deadline, wherever the item is; cancelling the
+        future (the client left) drops the item if it has not started.
+        `request_id` names the request in logs.
         """
         queue = self._queues[api_name]
         if not self.accepting:
-            queue.stats.refusals[Reason.SHUTTING_DOWN.value] += 1
-            raise Refused(Reason.SHUTTING_DOWN, "the server is shutting down", retry_after=1)
+            reason, message = self._refusal
+            queue.stats.refusals[reason.value] += 1
+            raise Refused(reason, message, retry_after=1)
+        if queue.quarantine is not None and queue.quarantine.holds(kwargs):
+            raise refuse_quarantined(queue)
         loop = asyncio.get_running_loop()
         now = loop.time()
         depth = queue.checked_depth(now)
@@ -85,7 +102,7 @@ class Batcher:
             )
         probe = depth >= policy.admit_below and self._admission.check(policy, depth, now, queue.stats)
         future = loop.create_future()
-        item = Pending(kwargs, rows, encoder, future, queue, now, probe)
+        item = Pending(kwargs, rows, encoder, future, queue, now, probe, request_id)
         deadline = self._deadlines.default_timeout if timeout is None else timeout
         if deadline is not None:
             item.timeout = deadline
@@ -111,14 +128,17 @@ class Batcher:
 
     # -- the dispatch side -----------------------------------------------------------
     def start(self, on_failure: Callable[[BaseException], None]) -> None:
-        """Start dispatching; `on_failure` hears of a dispatcher that died (every request would then wait)."""
-        task = self._task = asyncio.get_running_loop().create_task(self._dispatcher.run(), name="gpuserve-dispatch")
+        """Start dispatching and the watchdog; `on_failure` hears of either dying (requests would then wait)."""
+        loop = asyncio.get_running_loop()
 
         def watch(done: asyncio.Task[None]) -> None:
             if not done.cancelled() and done.exception() is not None:
                 on_failure(done.exception())  # type: ignore[arg-type]
 
-        task.add_done_callback(watch)
+        self._tasks = [loop.create_task(self._dispatcher.run(), name="gpuserve-dispatch"),
+                       loop.create_task(self._dispatcher.watchdog.run(), name="gpuserve-watchdog")]
+        for task in self._tasks:
+            task.add_done_callback(watch)
 
     def read_stats(self) -> Stats:
         """The serving signals, with every queue's depth made exact first."""
@@ -126,9 +146,25 @@ class Batcher:
             queue.sweep()
         return self.stats
 
+    def stop_accepting(self, reason: Reason, message: str) -> None:
+        """Refuse every new request from now on with `reason` (503, `Retry-After`)."""
+        if self.accepting:
+            self.accepting = False
+            self._refusal = (reason, message)
+
+    def refuse_queued(self, reason: Reason, message: str) -> None:
+        """Answer every request still queued with `reason` (503, `Retry-After`): none will run."""
+        for queue in self._queues.values():
+            while queue.items:
+                item: Pending = queue.pop()
+                if not item.future.done():
+                    queue.stats.refusals[reason.value] += 1
+                    item.future.set_exception(Refused(reason, message, retry_after=1))
+            queue.stats.queue_depth = 0
+
     async def drain(self, until: float) -> None:
         """Stop taking requests; let queued and running work finish until loop time `until`, then `close`."""
-        self.accepting = False
+        self.stop_accepting(Reason.SHUTTING_DOWN, "the server is shutting down")
         loop = asyncio.get_running_loop()
         progress = self._dispatcher.progress
         while not self._finished() and (left := until - loop.time()) > 0:
@@ -144,19 +180,12 @@ class Batcher:
 
     async def close(self) -> None:
         """Stop dispatching; answer what is left, running or queued, as shut down. Idempotent."""
-        self.accepting = False
-        task, self._task = self._task, None
-        if task is not None:  # cancelling it fails the running batches' items
+        self.stop_accepting(Reason.SHUTTING_DOWN, "the server is shutting down")
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:  # cancelling the dispatcher fails the running batches' items
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure was reported already
                 await task
         self._deadlines.close()
-        for queue in self._queues.values():
-            while queue.items:
-                item: Pending = queue.pop()
-                if not item.future.done():
-                    queue.stats.refusals[Reason.SHUTTING_DOWN.value] += 1
-                    item.future.set_exception(
-                        Refused(Reason.SHUTTING_DOWN, "the server shut down before this ran", retry_after=1)
-                    )
-            queue.stats.queue_depth = 0
+        self.refuse_queued(Reason.SHUTTING_DOWN, "the server shut down before this ran")

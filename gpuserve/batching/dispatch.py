@@ -7,6 +7,12 @@ deadline passed are dropped before batching and never run. A batch of a
 streaming API runs through `lease.stream` into a `StreamBatch` (`streams.py`)
 and holds its executor until its last stream is over; nothing is learned from
 it (a stream's length says nothing about a call's cost).
+
+What comes back: results are settled; a batch that failed as a whole, or
+whose replica died, has its requests run again alone (`rerun.py`), first in
+their queue (not a stream's: its values were sent); a call the watchdog gave
+up on (`watchdog.py`) fails its requests; a lost or stuck replica is rebuilt
+by the pool.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from gpuserve.batching import rerun
 from gpuserve.batching.admission import Admission
 from gpuserve.batching.queue import TAKEN, ApiQueue, Pending
 from gpuserve.batching.refusals import ItemFailed, Reason, Refused
 from gpuserve.batching.settle import ERROR, fail, settle
 from gpuserve.batching.streams import StreamBatch, StreamLimits
-from gpuserve.outcomes import Failure
-from gpuserve.pool import DevicePool, ExecutorDied, Lease
+from gpuserve.batching.watchdog import Watchdog
+from gpuserve.outcomes import BatchResult, Failure
+from gpuserve.pool import DevicePool, ExecutorDied, ExecutorStuck, Lease
 from gpuserve.stats import ApiStats
 
 log = logging.getLogger("gpuserve.batching")
@@ -35,6 +43,7 @@ class Dispatcher:
         self._queues = list(queues)
         self._pool = pool
         self._admission = admission
+        self.watchdog = Watchdog(q.call_limit for q in self._queues if q.call_limit is not None)
         self._stream_limits = stream_limits
         self._work = asyncio.Event()  # set when a request is queued
         self.progress = asyncio.Event()  # set when a batch finishes
@@ -66,6 +75,7 @@ class Dispatcher:
                 stats.batch_sizes[rows] += 1
                 stats.batch_requests[len(batch)] += 1
                 stats.in_flight[lease.key] += len(batch)
+                self.watchdog.started(lease, queue, batch, loop.time())
                 # Plain tasks, held in a set: a task group's start_soon costs
                 # tens of microseconds per batch on this path.
                 task = loop.create_task(self._execute(lease, queue, batch, rows))
@@ -98,14 +108,15 @@ class Dispatcher:
         lane = policy.lanes[lease.key]
         admission = self._admission
         ceiling = admission.ceiling(policy, lane, queue.depth)
-        model = lane.model
+        predict = lane.predict
         now = asyncio.get_running_loop().time()
         stats = queue.stats
         items = queue.items
         # Items share one budget, so the oldest has the earliest deadline: when
         # even a full batch finishes in time for it (or nothing is known yet),
         # no item needs its own check.
-        largest = model.predict(min(ceiling, max(1, int(queue.depth * policy.rows_per_request)))) if items else None
+        size = min(ceiling, max(1, int(queue.depth * policy.rows_per_request)))
+        largest = predict(size) if items else None
         check = largest is not None and now + largest > items[0].latency_deadline
         batch: list[Pending] = []
         rows = 0
@@ -117,11 +128,19 @@ class Dispatcher:
                 popleft()
                 queue.forget(item)
                 continue
+            if item.rerun is not None:  # it runs again alone; it was admitted and ran once, so no late check
+                if batch:
+                    break
+                popleft()
+                item.state = TAKEN
+                waited, rows = now - item.enqueued, item.rows
+                batch.append(item)
+                break
             if batch and rows + item.rows > ceiling:
                 break  # it waits for the next batch, whole: a request's rows are never split
             popleft()
             if check and not item.probe:
-                predicted = model.predict(rows + item.rows)
+                predicted = predict(rows + item.rows)
                 if predicted is not None and now + predicted > item.latency_deadline:
                     item.future.set_exception(
                         admission.late(policy, queue.depth, now, stats, predicted, now - item.enqueued)
@@ -137,6 +156,7 @@ class Dispatcher:
         return batch, rows
 
     def _finish(self, lease: Lease, queue: ApiQueue, size: int) -> None:
+        self.watchdog.finished(lease)
         self._admission.finish(queue.policy.lanes[lease.key])
         queue.stats.in_flight[lease.key] -= size
         self.progress.set()
@@ -154,11 +174,24 @@ class Dispatcher:
             else:
                 result = await lease.stream(api.name, [item.kwargs for item in batch],
                                             [item.encoder for item in batch], streams)
+        except ExecutorStuck:
+            self._finish(lease, queue, len(batch))
+            stopped = Refused(Reason.CALL_TIMEOUT, f"{api.name!r} ran longer than its call limit of "
+                              f"{queue.call_limit:g} s and was stopped; its replica is being replaced")
+            _fail(batch, streams, stopped, stats, Reason.CALL_TIMEOUT.value)
+            lease.replace()
+            return
         except ExecutorDied as exc:
             self._finish(lease, queue, len(batch))
-            log.error("%s; failing %d request(s) and restarting it", exc, len(batch))
-            lost = Refused(Reason.EXECUTOR_LOST, str(exc), retry_after=1)
-            _fail(batch, streams, lost, stats, Reason.EXECUTOR_LOST.value)
+            # A stream's values went out as they came: it cannot run again. Nor can anything once
+            # the server stops: no replica will be rebuilt.
+            if streams is not None or self._pool.stopping:
+                log.error("%s; failing %d request(s)", exc, len(batch))
+                lost = Refused(Reason.EXECUTOR_LOST, str(exc), retry_after=1)
+                _fail(batch, streams, lost, stats, Reason.EXECUTOR_LOST.value)
+            else:
+                rerun.lost(queue, batch, exc)
+                self.wake()
             lease.replace()
             return
         except Exception as exc:  # the executor itself failed, not the user's code
@@ -177,14 +210,35 @@ class Dispatcher:
                 watch.running = False
         self._finish(lease, queue, len(batch))
         lease.release()
+        stats.exec_time[lease.key].add(result.exec_s)
         if streams is not None:  # every stream has ended or left: its steps came before the result
             streams.close()
-            stats.exec_time[lease.key].add(result.exec_s)
             return
-        self._admission.learn(queue.policy, queue.policy.lanes[lease.key], rows, result,
-                              asyncio.get_running_loop().time(), stats)
-        stats.exec_time[lease.key].add(result.exec_s)
+        if result.failure is not None:
+            self._failed_whole(lease, queue, batch, rows, result)
+            return
+        policy = queue.policy
+        now = asyncio.get_running_loop().time()
+        self._admission.learn(policy, policy.lanes[lease.key], rows, result, now, stats)
+        again = batch[0].rerun
+        if again is not None and again.oom is not None and result.out_of_memory:
+            self._admission.oom_explained(policy, again.oom, stats)
         settle(batch, result, stats)
+
+    def _failed_whole(self, lease: Lease, queue: ApiQueue, batch: list[Pending], rows: int,
+                      result: BatchResult) -> None:
+        """A call of several requests raised as a whole: run each of them again, alone."""
+        policy = queue.policy
+        suspect = None
+        if result.out_of_memory:
+            suspect = self._admission.out_of_memory(policy, policy.lanes[lease.key], rows,
+                                                    asyncio.get_running_loop().time(), queue.stats)
+        count = rerun.again_alone(queue, batch, oom=suspect)
+        failure = result.failure
+        assert failure is not None
+        log.warning("a batch of %d requests of %r failed as a whole on %s (%s: %s); running %d of them again, "
+                    "each alone", len(batch), policy.api.name, lease.key, failure.type, failure.message, count)
+        self.wake()
 
 
 def _fail(batch: list[Pending], streams: StreamBatch | None, exc: ItemFailed | Refused, stats: ApiStats,

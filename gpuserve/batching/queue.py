@@ -20,6 +20,8 @@ from gpuserve.stats import ApiStats
 
 if TYPE_CHECKING:
     from gpuserve.batching.admission import ApiAdmission
+    from gpuserve.batching.quarantine import Quarantine
+    from gpuserve.batching.rerun import Rerun
 
 # Where a pending request is: waiting in its queue, taken into a batch, or
 # expired while it waited (still in the queue until it is popped or swept).
@@ -34,10 +36,10 @@ def default_queue_size(api: ApiSpec, executors: int) -> int:
 
 class Pending:
     __slots__ = ("kwargs", "rows", "encoder", "future", "queue", "enqueued", "latency_deadline", "expires",
-                 "timeout", "state", "probe")
+                 "timeout", "state", "probe", "request_id", "rerun")
 
     def __init__(self, kwargs: dict[str, Any], rows: int, encoder: Encoder, future: asyncio.Future[Any],
-                 queue: ApiQueue, now: float, probe: bool) -> None:
+                 queue: ApiQueue, now: float, probe: bool, request_id: str | None = None) -> None:
         self.kwargs = kwargs
         self.rows = rows  # a batchable API's request may carry several; batches are filled by rows
         self.encoder = encoder
@@ -49,10 +51,12 @@ class Pending:
         self.timeout = math.inf
         self.state = QUEUED
         self.probe = probe  # admitted despite the latency model, to refresh its evidence
+        self.request_id = request_id  # the protocol's id of the request, for logs
+        self.rerun: Rerun | None = None  # set when it runs again alone after its batch failed or was lost
 
 
 class ApiQueue:
-    __slots__ = ("api", "policy", "items", "limit", "expired", "stats", "swept")
+    __slots__ = ("api", "policy", "items", "limit", "expired", "stats", "swept", "call_limit", "quarantine")
 
     def __init__(self, api: ApiSpec, limit: int, stats: ApiStats, policy: ApiAdmission) -> None:
         self.api = api
@@ -62,6 +66,8 @@ class ApiQueue:
         self.expired = 0  # items still in `items` that expired while queued
         self.stats = stats
         self.swept = -math.inf  # loop time of the last sweep forced by a full-looking queue
+        self.call_limit: float | None = None  # seconds a call may run before the watchdog steps in
+        self.quarantine: Quarantine | None = None  # inputs that crashed replicas; made at the first crash
         stats.queue_limit = limit
 
     @property

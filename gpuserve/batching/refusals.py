@@ -17,8 +17,12 @@ class Reason(str, enum.Enum):
     STREAMS_FULL = "streams_full"  # the streaming API has its limit of streams open
     LATENCY = "latency"  # cannot be answered within the API's max_latency_ms
     DEADLINE = "deadline"  # the request's own deadline passed
-    EXECUTOR_LOST = "executor_lost"  # its executor died while running it
+    EXECUTOR_LOST = "executor_lost"  # its executor died while running it, as the server stops
     SHUTTING_DOWN = "shutting_down"  # the server is stopping
+    FAILED = "failed"  # the server has failed (a replica cannot be rebuilt): it cannot serve
+    CALL_TIMEOUT = "call_timeout"  # its call ran past the API's call limit; the replica was replaced
+    CRASHED = "crashed"  # its input crashed the replica that ran it alone
+    QUARANTINED = "quarantined"  # its input crashed replicas twice before: refused without running
     CANCELLED = "cancelled"  # the client left (counted, never answered)
 
 

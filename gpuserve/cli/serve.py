@@ -55,6 +55,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "must come within --timeout")
     p.add_argument("--stream-gap-timeout", type=float,
                    help="seconds a stream may go without a value while its reader keeps up (default 60)")
+    p.add_argument("--call-timeout", type=float,
+                   help="seconds one model call may run before its replica counts as stuck: the call's "
+                   "requests fail (504) and the replica is replaced (default: --timeout; an API's own "
+                   "call_timeout= wins)")
+    p.add_argument("--max-build-failures", type=int,
+                   help="failed rebuilds of one replica in a row before the server counts as failed (default 5)")
+    p.add_argument("--no-exit-on-failure", dest="exit_on_failure", action="store_false", default=None,
+                   help="when the server has failed, stay up answering 503 with the reason instead of "
+                   "exiting with status 1 (GPUSERVE_EXIT_ON_FAILURE=false)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -19,7 +19,20 @@ STOP_GRACE_S = 10.0  # how long a replica still running user code may take to en
 
 
 class ExecutorDied(GpuserveError):
-    """The executor was lost while running a batch (its items fail; the pool restarts it)."""
+    """The executor was lost while running a batch (the pool restarts it).
+
+    `self_inflicted`: the replica ended itself (it exited, aborted or crashed)
+    rather than being killed from outside (SIGKILL or SIGTERM from another
+    process, the kernel's out-of-memory killer): what it ran is to blame.
+    """
+
+    def __init__(self, message: str, *, self_inflicted: bool = False) -> None:
+        super().__init__(message)
+        self.self_inflicted = self_inflicted
+
+
+class ExecutorStuck(ExecutorDied):
+    """The batch ran past its call limit and the executor gave up on it (`Executor.abandon`)."""
 
 
 class StreamLink(Protocol):
@@ -72,6 +85,9 @@ class Placement:
 
 class Executor(abc.ABC):
     placement: Placement
+    # Set by the pool: called when the executor finds itself lost while no batch runs (a worker
+    # process that died idle), so that it is rebuilt at once rather than when next handed work.
+    on_lost: Callable[[], None] | None = None
 
     @functools.cached_property
     def key(self) -> str:
@@ -107,6 +123,22 @@ class Executor(abc.ABC):
         An `async def` API's call for it is cancelled if it is still running;
         synchronous code cannot be interrupted, so by default nothing happens.
         """
+
+    def abandon(self) -> bool:
+        """The batch now running is stuck: give up on it, so that `run` raises `ExecutorStuck` soon.
+
+        False, changing nothing, when the batch has just ended (its answer is
+        on its way to `run`'s caller). The pool then rebuilds the replica with
+        `restart`: a worker process is killed and started again; a thread,
+        which cannot be killed, is left to finish on its own (counted in
+        `abandoned_threads`) while a new replica is built beside it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot give up on a call that runs")
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of replicas given up on that are still running user code."""
+        return 0
 
     async def restart(self) -> None:
         await self.stop()

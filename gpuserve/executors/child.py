@@ -1,4 +1,4 @@
-"""Entry point of a process executor: `python -m gpuserve.executors.child FD`.
+"""Entry point of a process executor: `python -m gpuserve.executors.child FD PARENT_PID`.
 
 The parent starts this with `CUDA_VISIBLE_DEVICES` (and whatever else its
 backend's `visibility_env` says) already set, so the framework sees only this
@@ -13,12 +13,21 @@ alone. While an `async def` API's batch runs, the replica's event loop also
 reads the socket, so a cancel reaches the coroutine; a stream reads it between
 steps, and blocks on it while its readers are behind. A message that arrives
 after its batch ended is ignored by the replica.
+
+A worker dies with the server, even in the middle of a call: on Linux the
+kernel sends it SIGKILL when the server's thread that started it ends
+(`PR_SET_PDEATHSIG`), and a server that was gone before that was set is
+noticed at once. Elsewhere a worker notices only when it next reads the
+channel (EOF) and exits then.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
+import faulthandler
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -32,6 +41,18 @@ from gpuserve.outcomes import Failure
 
 _CHUNK = 1 << 20
 _TO_REPLICA = ("cancel", "credit")  # messages for the batch that runs, handed to the replica
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGKILL when the server ends; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            print(f"gpuserve worker: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}",
+                  file=sys.stderr)
+    if os.getppid() != parent:  # the server died before the request took effect
+        os._exit(1)
 
 
 class _Inbox:
@@ -127,4 +148,6 @@ def _sender(conn: socket.socket, batch: int) -> Callable[[list[int], list[Any]],
 
 
 if __name__ == "__main__":
+    _die_with_parent(int(sys.argv[2]))
+    faulthandler.enable(all_threads=True)  # a crash of the model's native code says where, in the server's log
     serve(int(sys.argv[1]))

@@ -7,17 +7,24 @@ numbers them from 0: `cuda:0` there is this worker's first GPU.
 The event loop itself talks to the child over a socket pair: no thread of the
 server waits on it, so the server's only Python thread under load is the
 loop, and the model runs beside it under its own interpreter lock.
+
+The child lives in a session of its own, so Ctrl-C or a signal to the
+server's process group does not reach it: the server drains and then ends its
+children itself. It dies with the server all the same: on Linux the kernel
+kills it when the thread that started it ends (`child.py` asks for that), so
+it is started from the event loop's thread, which lives as long as the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
+import os
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -25,17 +32,19 @@ import attrs
 from gpuserve.backend import Backend
 from gpuserve.errors import GpuserveError
 from gpuserve.executors import wire
-from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, Placement, StreamSink
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorDied, ExecutorStuck, Placement, StreamSink
 from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.service import ServiceSpec
 
 
 class ReplicaStartError(GpuserveError):
-    """The worker process could not build its replica; `traceback` is the child's, as text."""
+    """The worker process could not build its replica; `traceback` is the child's, as text,
+    `cause` the child's error in one line (as `Type: message`)."""
 
-    def __init__(self, message: str, traceback: str = "") -> None:
+    def __init__(self, message: str, traceback: str = "", cause: str | None = None) -> None:
         super().__init__(message)
         self.traceback = traceback
+        self.cause = cause or message
 
 
 def child_environment(base: Mapping[str, str], backend: Backend, placement: Placement) -> dict[str, str]:
@@ -58,9 +67,12 @@ class _Channel(asyncio.Protocol):
 
     While a stream runs, the child also sends its steps, `("stream", batch,
     indices, outcomes)`, ahead of the stream's reply: they go to `streaming`.
+    `on_idle_loss` is called when the channel closes with no request waiting:
+    the child died between batches.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_idle_loss: Callable[[], None]) -> None:
+        self._on_idle_loss = on_idle_loss
         self._reader = wire.FrameReader()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._transport: asyncio.Transport | None = None
@@ -95,6 +107,8 @@ class _Channel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if not self._waiting:
+            self._on_idle_loss()
         while self._waiting:
             reply = self._waiting.popleft()
             if not reply.done():
@@ -149,22 +163,26 @@ class ProcessExecutor(Executor):
         self._channel: _Channel | None = None
         self.pid: int | None = None
         self._batch = 0
+        self._running: asyncio.Future[Any] | None = None  # the reply to the batch now running
+        self._abandoned = False  # the batch now running was given up on: its child is being killed
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._abandoned = False
         # A private socket pair: no address to find, nothing to authenticate,
         # and EOF on our end the moment the child dies.
         ours, theirs = socket.socketpair()
         try:
             with theirs:
-                spawn = functools.partial(
-                    subprocess.Popen,
-                    [sys.executable, "-m", "gpuserve.executors.child", str(theirs.fileno())],
+                # On this thread (Python spawns with vfork: well under a
+                # millisecond), because the child dies when its starting thread does.
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "gpuserve.executors.child", str(theirs.fileno()), str(os.getpid())],
                     env=self._env,
                     pass_fds=[theirs.fileno()],
+                    start_new_session=True,  # signals to the server's process group are the server's to handle
                 )
-                self._proc = await loop.run_in_executor(None, spawn)  # forking a large server takes a while
-            _, self._channel = await loop.create_unix_connection(_Channel, sock=ours)
+            _, self._channel = await loop.create_unix_connection(lambda: _Channel(self._lost_idle), sock=ours)
         except BaseException:
             ours.close()
             await self._end()
@@ -186,9 +204,13 @@ class ProcessExecutor(Executor):
         if reply[0] == "error":
             await self._end()
             failure = reply[1]
-            raise ReplicaStartError(f"replica {self.key} failed to build: {failure.type}: {failure.message}",
-                                    failure.traceback)
+            cause = f"{failure.type}: {failure.message}"
+            raise ReplicaStartError(f"replica {self.key} failed to build: {cause}", failure.traceback, cause)
         _, self.pid = reply
+
+    def _lost_idle(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
 
     @property
     def alive(self) -> bool:
@@ -201,7 +223,8 @@ class ProcessExecutor(Executor):
             if self._channel is None:
                 raise ChannelClosed()
             self._batch += 1
-            return await self._channel.request(("run", self._batch, api_name, items, encoders))
+            reply = self._running = self._channel.request(("run", self._batch, api_name, items, encoders))
+            return await reply
         except ChannelClosed:
             raise await self._died() from None
 
@@ -228,12 +251,26 @@ class ProcessExecutor(Executor):
             raise await self._died() from None
 
     async def _died(self) -> ExecutorDied:
+        """The error for a batch whose child is gone: stuck (killed by `abandon`) or died, and how."""
         code = await self._end(grace_s=1.0)  # a child that is dying gets to say why
-        return ExecutorDied(f"worker process {self.key} (pid {self.pid}) died (exit code {code})")
+        if self._abandoned:
+            return ExecutorStuck(f"worker process {self.key} (pid {self.pid}) was killed: its call was stuck")
+        return ExecutorDied(f"worker process {self.key} (pid {self.pid}) died ({_describe(code)})",
+                            self_inflicted=_self_inflicted(code))
 
     def cancel(self, index: int) -> None:
         if self._channel is not None and self._channel.open:
             self._channel.notify(("cancel", self._batch, index))
+
+    def abandon(self) -> bool:
+        """Kill the child: `run` then raises `ExecutorStuck` as its channel closes."""
+        running = self._running
+        if running is None or running.done():
+            return False
+        self._abandoned = True
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        return True
 
     async def _end(self, grace_s: float = 0.0) -> int | None:
         """Close the channel and make sure the child is gone; its exit code."""
@@ -252,6 +289,27 @@ class ProcessExecutor(Executor):
             proc.terminate()
         await self._end(grace_s)
         return True
+
+
+# Signals other processes send to end one (an operator, the kernel's out-of-memory killer):
+# the replica did not end itself, so what it ran is not to blame on that alone.
+_EXTERNAL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM})
+
+
+def _self_inflicted(code: int | None) -> bool:
+    """Whether an exit code says the child ended itself: it exited, aborted or crashed."""
+    return code is not None and (code >= 0 or -code not in _EXTERNAL_SIGNALS)
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _reap(proc: subprocess.Popen[bytes], grace_s: float) -> int:

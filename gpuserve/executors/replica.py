@@ -1,9 +1,11 @@
 """A built service instance and how it runs one batch.
 
 This runs inside an executor (a worker thread or a child process), never on
-the server's event loop. Failures are isolated here, next to the model, so a
-process executor needs no extra round trips: a failing batch is bisected until
-only the failing requests fail, and an out-of-memory batch is split and retried.
+the server's event loop. A call that raises fails only its own requests: a
+call of one request fails that request; a call of several that raises as a
+whole (out of memory included, and a wrong number of results) blames none of
+them and says so in its `BatchResult`, and the batcher runs each of them again
+alone (`gpuserve.batching.rerun`).
 
 A batchable API's requests carry rows (see `gpuserve.signature`): their rows
 are merged along dimension 0 into one call — lists concatenated, arrays
@@ -53,7 +55,7 @@ def _encode_all(outcomes: list[Any], encoders: Sequence[Encoder]) -> list[Any]:
 
 
 class BatchShapeError(Exception):
-    pass
+    """A batchable method returned a number of results other than one per row."""
 
 
 class _Gone(Exception):
@@ -150,15 +152,21 @@ class Replica:
         with self._current_device():
             if not api.batchable:
                 outcomes, exec_s = self._run_each(items, call)
-                oom_ceiling = None
-            else:
-                run = _BatchRun(api, items)
-                self._run_range(run, call, 0, len(items))
-                outcomes, exec_s, oom_ceiling = run.outcomes, run.exec_s, run.oom_ceiling()
+                return BatchResult(_encode_all(outcomes, encoders), exec_s)
+            start = time.perf_counter()
+            try:
+                outcomes = self._run_merged(api, items, call)
+            except _Gone as exc:  # nobody is waiting for these any more
+                return BatchResult([Failure.of(exc)] * len(items), time.perf_counter() - start)
+            except Exception as exc:
+                exec_s = time.perf_counter() - start
+                oom = self.backend.is_out_of_memory(exc)
+                if len(items) > 1:  # which request is to blame is found by running each alone
+                    return BatchResult([], exec_s, failure=Failure.of(exc), out_of_memory=oom)
+                return BatchResult([Failure.of(exc)], exec_s, out_of_memory=oom)
             # Encoded here, beside the model: a tensor's copy to the host never
             # runs on the event loop, and never crosses a process boundary.
-            encoded = _encode_all(outcomes, encoders)
-        return BatchResult(encoded, exec_s, oom_ceiling)
+            return BatchResult(_encode_all(outcomes, encoders), time.perf_counter() - start)
 
     def stream(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder], batch: int,
                emit: Emit, control: StreamControl) -> BatchResult:
@@ -170,7 +178,7 @@ class Replica:
             with self._current_device():
                 try:
                     if api.batchable:  # one row per request: the rows merged as for any batch
-                        generators = [method(**_BatchRun(api, items).kwargs(0, len(items)))]
+                        generators = [method(**_merged_kwargs(api, items, [_rows(api, item) for item in items]))]
                     else:
                         generators = [method(**_with_arrays(api, item)) for item in items]
                 except Exception as exc:  # the call itself failed: nothing was yielded
@@ -185,7 +193,7 @@ class Replica:
         """How to call the method with keyword arguments, for the requests at `indices`."""
         method = getattr(self.instance, api.method_name)
         if not api.batchable and api.signature.arrays:
-            # Its arrays may have travelled as checked lists (a batch's are built by `_BatchRun`).
+            # Its arrays may have travelled as checked lists (a batch's are built by `_merged_kwargs`).
             if not api.is_async:
                 return lambda kwargs, indices: method(**_with_arrays(api, kwargs))
             return lambda kwargs, indices: self._await(method(**_with_arrays(api, kwargs)), indices)
@@ -219,83 +227,28 @@ class Replica:
                 outcomes.append(Failure.of(exc))
         return outcomes, time.perf_counter() - start
 
-    def _run_range(self, run: _BatchRun, call: Callable[..., Any], lo: int, hi: int) -> None:
-        start = time.perf_counter()
-        try:
-            run.answer(lo, hi, call(run.kwargs(lo, hi), range(lo, hi)))
-            return
-        except BatchShapeError as exc:  # a contract error: splitting would only hide it
-            run.fail(lo, hi, exc)
-            return
-        except _Gone as exc:  # nobody is waiting for these any more
-            run.fail(lo, hi, exc)
-            return
-        except Exception as exc:
-            if hi - lo == 1:
-                run.fail(lo, hi, exc)
-                return
-            if self.backend.is_out_of_memory(exc):
-                run.out_of_memory(lo, hi)
-        finally:
-            run.exec_s += time.perf_counter() - start
-        mid = (lo + hi) // 2
-        self._run_range(run, call, lo, mid)
-        self._run_range(run, call, mid, hi)
-
-
-class _BatchRun:
-    """One batchable batch as it runs: requests' rows, merged calls, outcomes, what out of memory taught."""
-
-    def __init__(self, api: ApiSpec, items: Sequence[dict[str, Any]]) -> None:
-        self.api = api
-        self.items = items
+    def _run_merged(self, api: ApiSpec, items: Sequence[dict[str, Any]], call: Callable[..., Any]) -> list[Any]:
+        """One call over every request's rows, merged; each request's own rows of the results."""
         rows = [_rows(api, item) for item in items]
-        self.offsets = [0, *itertools.accumulate(rows)]  # request i holds rows offsets[i]..offsets[i+1]
-        self.outcomes: list[Any] = [None] * len(items)
-        self.exec_s = 0.0
-        self._oom: int | None = None  # the fewest rows that ran out of memory
-        self._ran: list[int] = []  # rows of each call that succeeded
-
-    def rows(self, lo: int, hi: int) -> int:
-        return self.offsets[hi] - self.offsets[lo]
-
-    def kwargs(self, lo: int, hi: int) -> dict[str, Any]:
-        items = self.items[lo:hi]
-        if len(items) == 1:  # a request alone: its own values, nothing to merge
-            only = _with_arrays(self.api, items[0])
-            return {p.name: only[p.name] if p.name in only else [p.default] * self.rows(lo, hi)
-                    for p in self.api.signature.params}
-        merged = {}
-        for p in self.api.signature.params:
-            values = [item[p.name] if p.name in item else [p.default] * self.rows(lo + i, lo + i + 1)
-                      for i, item in enumerate(items)]
-            merged[p.name] = _merge(p, values)
-        return merged
-
-    def answer(self, lo: int, hi: int, results: Any) -> None:
-        rows = self.rows(lo, hi)
+        results = call(_merged_kwargs(api, items, rows), range(len(items)))
+        total = sum(rows)
         count = len(results) if hasattr(results, "__len__") else None
-        if count != rows:
+        if count != total:
             got = count if count is not None else type(results).__name__
             raise BatchShapeError(
-                f"batchable API {self.api.name!r} returned {got} results for {rows} rows; "
+                f"batchable API {api.name!r} returned {got} results for {total} row(s); "
                 "it must return one result per row"
             )
-        base = self.offsets[lo]
-        for i in range(lo, hi):
-            self.outcomes[i] = results[self.offsets[i] - base:self.offsets[i + 1] - base]
-        self._ran.append(rows)
+        offsets = [0, *itertools.accumulate(rows)]  # request i holds rows offsets[i]..offsets[i+1]
+        return [results[offsets[i]:offsets[i + 1]] for i in range(len(items))]
 
-    def fail(self, lo: int, hi: int, exc: BaseException) -> None:
-        failure = Failure.of(exc)
-        self.outcomes[lo:hi] = [failure] * (hi - lo)
 
-    def out_of_memory(self, lo: int, hi: int) -> None:
-        rows = self.rows(lo, hi)
-        self._oom = rows if self._oom is None else min(self._oom, rows)
-
-    def oom_ceiling(self) -> int | None:
-        """After an out-of-memory error: the most rows that still ran below it (in rows, as batches count)."""
-        if self._oom is None:
-            return None
-        return max((rows for rows in self._ran if rows < self._oom), default=max(1, self._oom // 2))
+def _merged_kwargs(api: ApiSpec, items: Sequence[dict[str, Any]], rows: list[int]) -> dict[str, Any]:
+    """The method's arguments: each parameter's rows of every request, joined along dimension 0."""
+    if len(items) == 1:  # a request alone: its own values (its arrays built), nothing to merge
+        only = _with_arrays(api, items[0])
+        return {p.name: only[p.name] if p.name in only else [p.default] * rows[0] for p in api.signature.params}
+    return {
+        p.name: _merge(p, [item[p.name] if p.name in item else [p.default] * n for item, n in zip(items, rows)])
+        for p in api.signature.params
+    }

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpuserve.backend import Backend
-from gpuserve.executors.base import STOP_GRACE_S, Executor, Placement, StreamSink
+from gpuserve.executors.base import STOP_GRACE_S, Executor, ExecutorStuck, Placement, StreamSink
 from gpuserve.executors.replica import Replica
 from gpuserve.executors.streaming import StreamControl
 from gpuserve.outcomes import BatchResult, Encoder
@@ -23,7 +23,7 @@ _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.A
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled while it ran
+    if future.done():  # cancelled while it ran, or given up on as stuck
         return
     if error is not None:
         future.set_exception(error)
@@ -54,29 +54,40 @@ class _Deliveries:
             deliver(*steps.popleft())
 
 
+def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    """A replica thread's loop: its own queue of jobs, until `None`."""
+    while (job := jobs.get()) is not None:
+        fn, args, future, loop = job
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
 class ThreadExecutor(Executor):
     """One thread per replica: the device stays current and the model is never
     touched by two threads at once. Jobs go in through a queue and answers come
     back with `call_soon_threadsafe`: the cheapest hop there is between the event
     loop and a thread. The thread is a daemon, so a replica stuck in user code
     cannot keep the process from exiting after shutdown gave up on it.
+
+    A thread cannot be killed: one stuck in user code is abandoned (its queue
+    told to end, its late answer dropped) and each build makes a new thread
+    and a new instance of the service, so the replica serves again while the
+    old thread finishes, if ever, on its own.
     """
 
     def __init__(self, spec: ServiceSpec, backend: Backend, placement: Placement) -> None:
         self.placement = placement
-        self._replica = Replica(spec, placement.context(backend), placement.process_memory_fraction)
+        self._spec = spec
+        self._backend = backend
+        self._replica: Replica | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._running: asyncio.Future[Any] | None = None  # the batch now running
+        self._abandoned: list[threading.Thread] = []
         self._batch = 0
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, args, future, loop = job
-            try:
-                result, error = fn(*args), None
-            except BaseException as exc:  # handed to the awaiting coroutine
-                result, error = None, exc
-            loop.call_soon_threadsafe(_settle, future, result, error)
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         if self._thread is None:
@@ -86,8 +97,14 @@ class ThreadExecutor(Executor):
         self._jobs.put((fn, args, future, loop))
         return future
 
+    def new_replica(self) -> Replica:
+        """A replica not built yet: each build makes a new instance of the service."""
+        return Replica(self._spec, self.placement.context(self._backend), self.placement.process_memory_fraction)
+
     async def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name=f"gpuserve-{self.key}", daemon=True)
+        self._replica = self.new_replica()
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=_work, args=(self._jobs,), name=f"gpuserve-{self.key}", daemon=True)
         self._thread.start()
         await self._submit(self._replica.build)
 
@@ -95,12 +112,15 @@ class ThreadExecutor(Executor):
         self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]
     ) -> BatchResult:
         self._batch += 1
-        return await self._submit(self._replica.run, api_name, items, encoders, self._batch)
+        assert self._replica is not None
+        future = self._running = self._submit(self._replica.run, api_name, items, encoders, self._batch)
+        return await future
 
     async def stream(
         self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder], sink: StreamSink
     ) -> BatchResult:
         self._batch += 1
+        assert self._replica is not None
         control = StreamControl(len(items))  # called from here, read by the replica's thread
         sink.attach(control)
         deliveries = _Deliveries(asyncio.get_running_loop(), sink.feed)
@@ -112,7 +132,22 @@ class ThreadExecutor(Executor):
             raise
 
     def cancel(self, index: int) -> None:
-        self._replica.cancel_threadsafe(self._batch, index)
+        if self._replica is not None:
+            self._replica.cancel_threadsafe(self._batch, index)
+
+    def abandon(self) -> bool:
+        running, thread = self._running, self._thread
+        if running is None or running.done() or thread is None:
+            return False
+        self._thread = None
+        self._jobs.put(None)  # the thread ends when its call returns, if it ever does
+        self._abandoned = [t for t in self._abandoned if t.is_alive()] + [thread]
+        running.set_exception(ExecutorStuck(f"replica {self.key} was given up on; its thread is left running"))
+        return True
+
+    @property
+    def abandoned_threads(self) -> int:
+        return sum(thread.is_alive() for thread in self._abandoned)  # read from any thread: no writes
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
         thread, self._thread = self._thread, None
@@ -121,6 +156,6 @@ class ThreadExecutor(Executor):
         self._jobs.put(None)
         await asyncio.get_running_loop().run_in_executor(None, thread.join, grace_s)
         if thread.is_alive():
-            log.warning("replica %s is still running user code after %.0f s; leaving it", self.key, grace_s)
+            log.warning("replica %s is still running user code after %.1f s; leaving it", self.key, grace_s)
             return False
         return True

@@ -18,7 +18,11 @@ STATUS = {
     Reason.LATENCY: 503,
     Reason.EXECUTOR_LOST: 503,
     Reason.SHUTTING_DOWN: 503,
+    Reason.FAILED: 503,
     Reason.DEADLINE: 504,
+    Reason.CALL_TIMEOUT: 504,  # the model did not answer in time; retrying would only tie up a replica again
+    Reason.CRASHED: 500,  # the request's own input crashed the replica: no Retry-After
+    Reason.QUARANTINED: 422,  # the same input crashed replicas twice: it will not be run
     Reason.CANCELLED: 499,  # never sent: the client is gone; nginx's number, for logs
 }
 

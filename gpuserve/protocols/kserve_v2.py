@@ -25,7 +25,7 @@ import gpuserve
 from gpuserve.batching import ItemFailed, Refused
 from gpuserve.protocols.errors import json_error, refusal
 from gpuserve.protocols.json_codec import BadRequest
-from gpuserve.protocols.native import TIMEOUT_HEADER, failed, not_ready, parse_timeout, read_body
+from gpuserve.protocols.native import TIMEOUT_HEADER, closing, failed, not_ready, parse_timeout, read_body
 from gpuserve.protocols.request_ids import request_id
 from gpuserve.protocols.v2_model import DTYPES, NotATensor, Outputs, V2Model, v2_model
 from gpuserve.protocols.v2_request import Parsed, V2BadRequest, header_length, parse
@@ -139,6 +139,7 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
         return models[name]
 
     def unready(request: web.Request) -> web.Response | None:
+        """For the ready routes: None while some replica can take work (as `/readyz`)."""
         return None if state.ready else not_ready(state, request_id(request))
 
     async def server_metadata(_: web.Request) -> web.Response:
@@ -176,18 +177,18 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             parsed = parse(found, body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
             own = request.headers.get(TIMEOUT_HEADER)
             future = batcher.submit(found.name, parsed.kwargs, encoders[found.name],
-                                    None if own is None else parse_timeout(own), parsed.rows)
+                                    None if own is None else parse_timeout(own), parsed.rows, rid)
         except (V2BadRequest, BadRequest) as exc:
             return json_error(400, str(exc), rid)
         except Refused as exc:
-            return refusal(exc, rid)
+            return closing(state, refusal(exc, rid))
         try:
             outputs = await future
         except ItemFailed as exc:
-            return failed(found.name, rid, exc)
+            return closing(state, failed(found.name, rid, exc))
         except Refused as exc:
-            return refusal(exc, rid)
-        return _answer(found, parsed, outputs, rid)
+            return closing(state, refusal(exc, rid))
+        return closing(state, _answer(found, parsed, outputs, rid))
 
     router = app.router
     router.add_get("/v2", server_metadata)

@@ -2,7 +2,9 @@
 
 A body is checked against the API's declarations before it is queued
 (`json_codec`); a request that fails in the user's code is logged once, with
-its traceback, the API's name and the request's id.
+its traceback, the API's name and the request's id. While the server stops,
+a request is answered 503 and every answer carries `Connection: close`, so
+no client sends another request on a connection about to close.
 """
 
 from __future__ import annotations
@@ -40,14 +42,26 @@ def parse_timeout(raw: str) -> float:
     return value
 
 
+def closing(state: ServerState, response: web.Response) -> web.Response:
+    """`response`, with `Connection: close` while the server stops (every protocol's answers)."""
+    if state.stopping:
+        response.force_close()
+    return response
+
+
 def not_ready(state: ServerState, rid: str) -> web.Response:
-    reason = state.failure or "replicas are still being built"
-    return json_error(503, f"not ready: {reason}", rid, retry_after=1)
+    """503 with why no request is taken, or no replica can take work, now."""
+    reason = state.readiness() or "replicas are still being built"
+    return closing(state, json_error(503, f"not ready: {reason}", rid, retry_after=1))
 
 
 async def read_body(request: web.Request, state: ServerState, rid: str) -> bytes | web.Response:
-    """An API request's body; or, when there is none to take, the answer: not ready (503), too large (413)."""
-    if not state.ready:
+    """An API request's body; or, when there is none to take, the answer: not ready (503), too large (413).
+
+    Requests are taken while replicas are rebuilt (they wait for one), not
+    before the first build, once the server failed, nor while it stops.
+    """
+    if not state.accepting:
         return not_ready(state, rid)
     try:
         return await request.read()
@@ -86,20 +100,24 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else parse_timeout(own), rows)
+            future = batcher.submit(name, kwargs, encode_json, None if own is None else parse_timeout(own), rows,
+                                    rid)
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
-            return refusal(exc, rid)
+            return closing(state, refusal(exc, rid))
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the request if it has not started.
         try:
             payload = await future  # JSON bytes, encoded in the executor
         except ItemFailed as exc:
-            return failed(name, rid, exc)
+            return closing(state, failed(name, rid, exc))
         except Refused as exc:
-            return refusal(exc, rid)
-        return web.Response(body=payload, headers={"Content-Type": "application/json", HEADER: rid})
+            return closing(state, refusal(exc, rid))
+        response = web.Response(body=payload, headers={"Content-Type": "application/json", HEADER: rid})
+        if state.stopping:
+            response.force_close()
+        return response
 
     return handle
 
@@ -109,20 +127,22 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        rid = request_id(request)
-        if not state.ready:
-            return not_ready(state, rid)
-        replicas, replacing = len(state.pool), state.pool.replacing
+        """200 while some replica can take work ("degraded" while others are rebuilt), else 503 with why;
+        each replica's state either way."""
+        states = {key: health["state"] for key, health in state.pool.health_snapshot().items()}
+        reason = state.readiness()
+        if reason is not None:
+            response = json_error(503, f"not ready: {reason}", request_id(request), retry_after=1, states=states)
+            return closing(state, response)
+        replacing = state.pool.replacing
         if not replacing:
-            return web.json_response({"status": "ready", "replicas": replicas})
-        if len(replacing) == replicas:  # none can take work until one is rebuilt
-            lost = ", ".join(replacing)
-            return json_error(503, f"not ready: every replica is being replaced after it was lost ({lost})", rid,
-                              retry_after=1, replacing=replacing)
-        return web.json_response({"status": "degraded", "replicas": replicas, "replacing": replacing})
+            return web.json_response({"status": "ready", "replicas": len(states), "states": states})
+        return web.json_response({"status": "degraded", "replicas": len(states), "replacing": replacing,
+                                  "states": states})
 
     async def stats(_: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(state.batcher.read_stats().snapshot()), content_type="application/json")
+        snapshot = {**state.batcher.read_stats().snapshot(), "replicas": state.pool.health_snapshot()}
+        return web.Response(body=orjson.dumps(snapshot), content_type="application/json")
 
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

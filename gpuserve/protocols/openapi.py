@@ -16,6 +16,8 @@ from aiohttp import web
 from openapi_ui_bundles.swagger_ui import static_path
 
 import gpuserve
+from gpuserve.batching import Reason
+from gpuserve.protocols.errors import STATUS
 from gpuserve.protocols.native import TIMEOUT_HEADER
 from gpuserve.protocols.request_ids import HEADER
 from gpuserve.protocols.streaming import OFFERED as STREAM_MEDIA
@@ -31,8 +33,7 @@ ERROR_SCHEMA = {
     "properties": {
         "error": {"type": "string"},
         "request_id": {"type": "string"},
-        "reason": {"type": "string", "enum": ["queue_full", "streams_full", "latency", "deadline", "executor_lost",
-                                              "shutting_down"]},
+        "reason": {"type": "string", "enum": [r.value for r in STATUS if r is not Reason.CANCELLED]},
         "type": {"type": "string"},
         "errors": {"type": "array", "items": {"type": "object"}},
         "allowed": {"type": "array", "items": {"type": "string"}},
@@ -42,10 +43,12 @@ ERROR_SCHEMA = {
 _ERRORS = {
     "400": "The body is not valid JSON, or its arguments do not match the API's declarations (each named)",
     "413": "The body is larger than the server's limit (--max-body-size)",
-    "500": "The API's code raised; `type` names the exception",
-    "503": "Not ready, queue full, too many streams open, cannot meet max_latency_ms, executor lost or shutting "
-           "down: retry after Retry-After seconds",
-    "504": "The request's deadline passed (--timeout, or its X-Request-Timeout header)",
+    "422": "This input crashed the service's replicas twice before: it is refused without running",
+    "500": "The API's code raised (`type` names the exception), or this request's input crashed its replica",
+    "503": "Not ready, queue full, too many streams open, cannot meet max_latency_ms, executor lost, failed or "
+           "shutting down: retry after Retry-After seconds",
+    "504": "The request's deadline passed (--timeout, or its X-Request-Timeout header), or the model's call "
+           "ran past its limit (call_timeout) and was stopped",
 }
 
 
@@ -120,9 +123,11 @@ def openapi_document(spec: ServiceSpec) -> dict[str, Any]:
         paths[f"/{api.name}"] = {"post": _operation(api, method, components)}
     status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
     paths["/livez"] = _get("The process is up", status)
-    paths["/readyz"] = _get("Every replica is built and serving", status,
-                            **{"503": _error("Not ready yet, or failed: `error` says why", retry=True)})
-    paths["/stats"] = _get("Serving signals per API: queues, batches in rows and requests, refusals, outcomes",
+    paths["/readyz"] = _get("Some replica can take work now; `replicas` holds each one's state", status,
+                            **{"503": _error("No replica can take work now (still building, being replaced, "
+                                             "failed or shutting down): `error` says why", retry=True)})
+    paths["/stats"] = _get("Serving signals per API (queues, batches in rows and requests, refusals, outcomes), "
+                           "and under `replicas` each replica's state, restarts and abandoned threads",
                            {"type": "object"})
     paths["/metrics"] = _get("The same signals in the Prometheus text format", {"type": "string"}, "text/plain",
                              **{"501": _error("prometheus-client is not installed")})

@@ -54,6 +54,13 @@ class Batching:
         wait_for_gate(gate)
         return where()
 
+    @gpuserve.api(call_timeout=1.0)
+    def stall(self, gate: str) -> dict:
+        """`hold` with a call limit of a second: held past it, its replica is given up on and replaced."""
+        journal("stall", [gate])
+        wait_for_gate(gate)
+        return where()
+
     @gpuserve.api
     def whoami(self) -> dict:
         return where()
@@ -86,6 +93,14 @@ class Batching:
         journal("squeeze", item)
         if len(item) > FITS:
             raise MemoryError(f"a batch of {len(item)} does not fit")
+        return [len(item)] * len(item)
+
+    @gpuserve.api(batchable=True, max_batch_size=32)
+    def swallow(self, item: list[str]) -> list[int]:
+        """Runs out of memory whenever an item starts with "huge", however few rows come with it."""
+        journal("swallow", item)
+        if any(i.startswith("huge") for i in item):
+            raise MemoryError("a huge item does not fit, even alone")
         return [len(item)] * len(item)
 
     @gpuserve.api(batchable=True, max_batch_size=1, max_latency_ms=700)

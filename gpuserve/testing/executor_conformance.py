@@ -13,9 +13,11 @@
 A real server (`python -m gpuserve serve`) runs `gpuserve.testing.batching_app`
 with one replica of the kind, and the suite talks to it over HTTP:
 backpressure, deadlines, cancellation of queued work, per-item failure
-isolation, out-of-memory splitting and `/stats` behave as they do with local
-threads; and where replicas are processes, one that is killed or exits fails
-only its own batch (503), is replaced, and loses nothing queued.
+isolation (a batch that fails as a whole runs each request again alone, once),
+out-of-memory ceilings and `/stats` behave as they do with local threads; and
+where replicas are processes, one that is killed is replaced and its batch runs
+again on the new one, an input that makes its replica exit is named (500) and
+then refused without running (422), and nothing queued is lost.
 
 The app journals every call to `$BATCH_APPS_DIR/journal.jsonl`; the
 `workdir` fixture is that folder, set for the server. A kind whose replicas
@@ -25,6 +27,7 @@ overrides `workdir` with the folder its replicas are given.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -50,7 +53,7 @@ from gpuserve.testing.batching_client import (
 from gpuserve.testing.served import Server, serve
 
 APP = "gpuserve.testing.batching_app:Batching"
-APIS = {"hold", "whoami", "opaque", "work", "squeeze", "timed", "warms_up", "die"}
+APIS = {"hold", "stall", "whoami", "opaque", "work", "squeeze", "swallow", "timed", "warms_up", "die"}
 QUEUE = 16
 
 
@@ -96,12 +99,12 @@ class ExecutorConformance:
             pytest.skip("replicas of this kind are not processes that can be killed")
 
     # -- the kind ----------------------------------------------------------------------------
-    def test_serves_one_replica_whose_context_is_bound(self, server: Server) -> None:
-        assert server.get("readyz").body == {"status": "ready", "replicas": 1}
+    def test_serves_one_replica_whose_context_is_bound(self, server: Server, key: str) -> None:
+        assert server.get("readyz").body == {"status": "ready", "replicas": 1, "states": {key: "ready"}}
         me = server.post("whoami", {}).body
         assert (me["worker"], me["instance"]) == (0, 0)
         assert (me["pid"] != server.proc.pid) is self.replicas_are_processes
-        assert set(server.get("stats").body) == APIS
+        assert set(server.get("stats").body) == APIS | {"replicas"}
 
     # -- backpressure --------------------------------------------------------------------------
     def test_a_full_queue_answers_503_with_retry_after_at_once(self, server: Server, workdir: Path) -> None:
@@ -156,26 +159,49 @@ class ExecutorConformance:
         assert "poison-mixed" in poisoned.body["error"]
         assert {r.status for r in answered.values()} == {200}
         assert all(r.body["item"] == item for item, r in answered.items())
-        assert sorted(journal(workdir, "work", "mixed-")[0]["items"]) == sorted(items)  # one batch held them all
+        calls = [c for c in journal(workdir, "work") if set(c["items"]) & set(items)]
+        assert sorted(calls[0]["items"]) == sorted(items)  # one batch held them all
+        # The batch failed as a whole; then each request ran alone, once: no item ran more than twice.
+        assert sorted(len(c["items"]) for c in calls[1:]) == [1] * 8
+        assert collections.Counter(i for c in calls for i in c["items"]) == {item: 2 for item in items}
 
-    def test_out_of_memory_splits_the_batch_and_lowers_the_ceiling(self, server: Server, workdir: Path, key: str) -> None:
-        # `squeeze` raises MemoryError on batches of more than 4.
-        with held(server, workdir) as gate:
-            first = post_all(server, "squeeze", [f"oom-{i}" for i in range(16)])
-            queued(server, "squeeze", 16)
-            gate.open()
-            assert {f.result(timeout=30).status for f in first} == {200}
-        sizes = [len(c["items"]) for c in journal(workdir, "squeeze", "oom-")]
-        assert sizes[0] == 16 and 8 in sizes  # tried whole, then halved until it fit
-        assert sorted(s for s in sizes if s <= 4) == [4, 4, 4, 4]
+    def test_out_of_memory_runs_each_request_alone_and_lowers_the_ceiling_until_batches_fit(
+        self, server: Server, workdir: Path, key: str
+    ) -> None:
+        # `squeeze` (max_batch_size=32) raises MemoryError on batches of more than 4 rows.
+        answers, calls = _squeeze_wave(server, workdir, "oom")
+        assert [len(c["items"]) for c in calls] == [16] + [1] * 16  # whole, then each request alone, once
+        assert answers == [1] * 16
+        assert stats(server, "squeeze")["batch_ceiling"] == {key: 8}  # half of what ran out of memory
+
+        answers, calls = _squeeze_wave(server, workdir, "lower")
+        assert [len(c["items"]) for c in calls][0] == 8 and sorted(answers) == [1] * 8 + [4] * 8
         assert stats(server, "squeeze")["batch_ceiling"] == {key: 4}
+        assert max(collections.Counter(i for c in calls for i in c["items"]).values()) == 2
 
+        answers, calls = _squeeze_wave(server, workdir, "capped")
+        assert [len(c["items"]) for c in calls] == [4, 4, 4, 4] and answers == [4] * 16
+
+    def test_a_request_that_runs_out_of_memory_alone_fails_alone_and_caps_no_batch(
+        self, server: Server, workdir: Path
+    ) -> None:
+        # `swallow` runs out of memory whenever a "huge" item is in its call, even alone.
+        items = [f"fine-{i}" for i in range(7)] + ["huge-1"]
         with held(server, workdir) as gate:
-            second = post_all(server, "squeeze", [f"capped-{i}" for i in range(16)])
-            queued(server, "squeeze", 16)
+            replies = post_all(server, "swallow", items)
+            queued(server, "swallow", 8)
             gate.open()
-            assert [f.result(timeout=30).body for f in second] == [4] * 16
-        assert [len(c["items"]) for c in journal(workdir, "squeeze", "capped-")] == [4, 4, 4, 4]
+            answered = dict(zip(items, (f.result(timeout=30) for f in replies)))
+        huge = answered.pop("huge-1")
+        assert huge.status == 500 and huge.body["type"] == "MemoryError"
+        assert {r.status for r in answered.values()} == {200} and {r.body for r in answered.values()} == {1}
+        assert stats(server, "swallow")["batch_ceiling"] == {}  # that request's failure, not a ceiling
+        with held(server, workdir) as gate:
+            after = post_all(server, "swallow", [f"after-{i}" for i in range(16)])
+            queued(server, "swallow", 16)
+            gate.open()
+            assert [f.result(timeout=30).body for f in after] == [16] * 16  # one full batch, as before
+        assert [len(c["items"]) for c in journal(workdir, "swallow", "after-")] == [16]
 
     # -- signals -------------------------------------------------------------------------------
     def test_stats_report_queue_depth_in_flight_batches_times_and_refusals(
@@ -203,7 +229,22 @@ class ExecutorConformance:
         assert after["refusals"]["deadline"] == before["refusals"].get("deadline", 0) + 1
         assert after["outcomes"]["ok"] == before["outcomes"].get("ok", 0) + 3
 
-    # -- lost replicas (last: they replace the replica) -----------------------------------------
+    # -- lost and stuck replicas (last: they replace the replica) -------------------------------
+    def test_a_call_past_its_limit_fails_and_its_replica_is_replaced(self, server: Server, workdir: Path,
+                                                                       key: str) -> None:
+        before = server.get("stats").body["replicas"][key]
+        gate = f"stall-{time.monotonic_ns()}"
+        try:
+            stuck = server.post("stall", {"gate": gate}, timeout=60)  # `stall` may run a second
+            assert stuck.status == 504 and stuck.body["reason"] == "call_timeout"
+            wait_until(lambda: server.get("stats").body["replicas"][key]["restarts"] == before["restarts"] + 1,
+                       "the replica is rebuilt", timeout=60)
+            assert server.post("whoami", {}).status == 200
+            after = server.get("stats").body["replicas"][key]
+            assert after["state"] == "ready" and after["stuck"] == before["stuck"] + 1
+        finally:
+            (workdir / gate).touch()  # a thread left running in it ends
+
     def test_a_result_that_cannot_leave_the_replica_fails_alone(self, server: Server, process: None) -> None:
         pid = server.post("whoami", {}).body["pid"]
         reply = server.post("opaque", {})
@@ -211,37 +252,50 @@ class ExecutorConformance:
         assert "not JSON" in reply.body["error"]
         assert server.post("whoami", {}).body["pid"] == pid  # the replica was not lost
 
-    def test_a_killed_replica_is_replaced_and_only_its_running_requests_fail_fast(
+    def test_a_killed_replica_is_replaced_and_its_batch_runs_again_on_the_new_one(
         self, server: Server, workdir: Path, key: str, process: None
     ) -> None:
         old = server.post("whoami", {}).body["pid"]
+        reruns = stats(server, "hold")["reruns"]
         with held(server, workdir) as gate:
             waiting = post_all(server, "work", ["after-kill"])[0]
             queued(server, "work", 1)
-            start = time.monotonic()
-            os.kill(old, signal.SIGKILL)
-            lost = gate.holds[0].result(timeout=10)
-            assert time.monotonic() - start < 2
-            assert lost.status == 503 and lost.body["reason"] == "executor_lost"
-            assert key in lost.body["error"]  # names the lost replica
-            assert int(lost.headers["Retry-After"]) >= 1
+            os.kill(old, signal.SIGKILL)  # from outside: the request it ran is not to blame
+            wait_until(lambda: stats(server, "hold")["reruns"] == reruns + 1, "the held request runs again",
+                       timeout=60)
+            gate.open()
+            again = gate.holds[0].result(timeout=60)
             queued_reply = waiting.result(timeout=60)  # waited for the new replica; not lost
-        assert queued_reply.status == 200 and queued_reply.body["pid"] not in (old, server.proc.pid)
+        assert again.status == 200 and again.body["pid"] not in (old, server.proc.pid)
+        assert queued_reply.status == 200 and queued_reply.body["pid"] == again.body["pid"]
         assert server.post("whoami", {}).body["pid"] == queued_reply.body["pid"]
-        assert stats(server, "hold")["outcomes"]["executor_lost"] == 1
-        assert server.get("readyz").body == {"status": "ready", "replicas": 1}
+        assert "executor_lost" not in stats(server, "hold")["outcomes"]
+        replica = server.get("stats").body["replicas"][key]
+        assert replica["state"] == "ready" and replica["restarts"] >= 1
+        assert server.get("readyz").body == {"status": "ready", "replicas": 1, "states": {key: "ready"}}
 
-    def test_a_method_that_exits_its_process_fails_its_batch_with_503_and_the_next_succeeds(
+    def test_an_input_that_makes_its_replica_exit_is_named_the_rest_of_its_batch_runs_again_and_it_is_refused_after(
         self, server: Server, workdir: Path, process: None
     ) -> None:
         old = server.post("whoami", {}).body["pid"]
+        items = ["doomed-1", "die", "doomed-2"]
         with held(server, workdir) as gate:
-            replies = post_all(server, "die", ["doomed-1", "die", "doomed-2"])
+            replies = post_all(server, "die", items)
             queued(server, "die", 3)
             gate.open()
-            answered = [f.result(timeout=10) for f in replies]
-        assert [r.status for r in answered] == [503] * 3
-        assert all(r.body["reason"] == "executor_lost" and "died" in r.body["error"] for r in answered)
+            answered = dict(zip(items, (f.result(timeout=60) for f in replies)))
+        crashed = answered.pop("die")
+        assert crashed.status == 500 and crashed.body["reason"] == "crashed"
+        assert "crashed its replica" in crashed.body["error"] and "Retry-After" not in crashed.headers
+        assert "refused from now on" in crashed.body["error"]  # it crashed two: its batch's, and its own alone
+        assert {r.status for r in answered.values()} == {200}  # run again alone on a new replica
+        assert all(r.body["pid"] != old for r in answered.values())
+        ran = collections.Counter(i for c in journal(workdir, "die") for i in c["items"])
+        assert ran == {"doomed-1": 2, "die": 2, "doomed-2": 2}
+        again = one_row(server, "die", "die", timeout=60)  # the same input: refused without running
+        assert again.status == 422 and again.body["reason"] == "quarantined"
+        assert collections.Counter(i for c in journal(workdir, "die") for i in c["items"])["die"] == 2
+        assert stats(server, "die")["refusals"]["quarantined"] == 1
         later = one_row(server, "die", "survivor", timeout=60)
         assert later.status == 200 and later.body["pid"] != old
         assert server.get("readyz").status == 200
@@ -254,3 +308,14 @@ class ExecutorConformance:
         reply = one_row(server, "work", "after-idle-death", timeout=60)
         assert reply.status == 200 and reply.body["pid"] != old
         assert stats(server, "work")["outcomes"].get("executor_lost", 0) == lost_before  # nothing was lost
+
+
+def _squeeze_wave(server: Server, workdir: Path, prefix: str) -> tuple[list, list[dict]]:
+    """16 one-row requests to `squeeze` queued behind a held replica, then let go: answers and calls."""
+    with held(server, workdir) as gate:
+        wave = post_all(server, "squeeze", [f"{prefix}-{i}" for i in range(16)])
+        queued(server, "squeeze", 16)
+        gate.open()
+        replies = [f.result(timeout=30) for f in wave]
+    assert {r.status for r in replies} == {200}, [r.body for r in replies if r.status != 200][:1]
+    return [r.body for r in replies], journal(workdir, "squeeze", prefix)

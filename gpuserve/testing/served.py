@@ -81,11 +81,12 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(ref: str, *args: str, cwd: Path | str = ".", env: Mapping[str, str] | None = None,
           log_dir: Path, wait_ready: bool = True, timeout: float = 90,
-          python: str = sys.executable, port_from_env: bool = False) -> Iterator[Server]:
+          python: str = sys.executable, port_from_env: bool = False, new_session: bool = False) -> Iterator[Server]:
     """`python -m gpuserve serve REF` on a free port.
 
     `python`: another environment's interpreter; `port_from_env`: the port in
-    `GPUSERVE_PORT` rather than a flag, as a container image passes it.
+    `GPUSERVE_PORT` rather than a flag, as a container image passes it;
+    `new_session`: the server leads a process group of its own (for signals to the whole group).
     """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
@@ -96,6 +97,7 @@ def serve(ref: str, *args: str, cwd: Path | str = ".", env: Mapping[str, str] | 
         proc = subprocess.Popen(
             [python, "-m", "gpuserve", "serve", ref, *flags, *args],
             cwd=cwd, env=server_env(env), stdout=log, stderr=subprocess.STDOUT, text=True,
+            start_new_session=new_session,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:

@@ -1,5 +1,6 @@
 """Small framework-free services for request-path tests."""
 
+import atexit
 import threading
 import time
 
@@ -26,7 +27,7 @@ class Basics:
 
     @gpuserve.api(batchable=True)
     def wrong_length(self, n: list[int]) -> list[int]:
-        return [0]
+        return [i for i in n if i >= 0]  # a negative row gets no result: one too few for the batch
 
     @gpuserve.api
     def slow(self, seconds: float):
@@ -87,3 +88,15 @@ class Nap:
 @gpuserve.service(backend="cpu", isolation="process")
 class BrokenInitProcess(BrokenInit):
     pass
+
+
+@gpuserve.service(backend="cpu")
+class HangsAtExit:
+    """Its constructor leaves something that never ends when the interpreter exits."""
+
+    def __init__(self) -> None:
+        atexit.register(time.sleep, 3600)
+
+    @gpuserve.api
+    def ping(self):
+        return "pong"

@@ -119,13 +119,10 @@ def test_a_replica_killed_under_load_loses_no_request_and_readyz_reports_it_unti
     assert (200, "degraded", (victim_key,)) in readiness, readiness  # while the lost replica was rebuilt
     assert readiness[-1] == (200, "ready", ()), readiness
     statuses = collections.Counter(r.status for r in replies)
-    assert set(statuses) <= {200, 503} and sum(statuses.values()) == total  # every request answered
-    for reply in replies:
-        if reply.status == 503:  # only what the killed replica was running
-            assert reply.body["reason"] == "executor_lost" and victim_key in reply.body["error"], reply.body
-            assert "died" in reply.body["error"]
-    assert after["outcomes"]["ok"] == statuses[200] + 2  # the load and the two "who"
-    assert after["outcomes"].get("executor_lost", 0) == statuses[503]
+    # Every request answered, and answered well: what the killed replica was running ran again.
+    assert statuses == {200: total}, [r.body for r in replies if r.status != 200][:2]
+    assert after["outcomes"]["ok"] == total + 2  # the load and the two "who"
+    assert "executor_lost" not in after["outcomes"]
     assert victim not in new_pids.values()
 
 

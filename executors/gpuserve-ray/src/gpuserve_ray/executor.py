@@ -8,13 +8,16 @@ the object store, so a replica receives them read-only (see README.md).
 An actor that dies (killed, out of memory, its node lost) fails the batch it
 was running with `ExecutorDied`, naming the replica and where it ran; the pool
 then replaces it with a new actor, with back-off, while the others serve. An
-actor that dies while idle is noticed through its `until_lost` call, so the
-pool replaces it before it is given work.
+actor that dies while idle is noticed through its `until_lost` call, and the
+pool told at once (`on_lost`), so it is replaced before it is given work. A
+call the watchdog gives up on (`abandon`) kills its actor: `run` then raises
+`ExecutorStuck`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Sequence
@@ -23,7 +26,16 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from gpuserve.plugin import STOP_GRACE_S, BatchResult, Encoder, Executor, ExecutorDied, GpuserveError, Placement
+from gpuserve.plugin import (
+    STOP_GRACE_S,
+    BatchResult,
+    Encoder,
+    Executor,
+    ExecutorDied,
+    ExecutorStuck,
+    GpuserveError,
+    Placement,
+)
 from gpuserve_ray.actor import ActorBuild, ReplicaActor
 from gpuserve_ray.cluster import ActorRequest
 
@@ -44,6 +56,9 @@ class RayExecutor(Executor):
         self._request = request
         self._actor: Any = None
         self._lost = True  # until an actor is built
+        self._calling = False  # a batch runs on the actor
+        self._given_up = False  # the batch running was given up on: its actor is being killed
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.where: dict[str, Any] = {}
 
     @functools.cached_property
@@ -51,6 +66,7 @@ class RayExecutor(Executor):
         return f"ray#{self.placement.worker_index}.{self.placement.instance}"
 
     async def start(self) -> None:
+        self._loop, self._given_up = asyncio.get_running_loop(), False
         actor = ReplicaActor.options(**self._options).remote()
         self._actor = actor
         # Never returns; fails when this actor dies. The callback runs on a Ray thread: it sets a flag only.
@@ -88,20 +104,37 @@ class RayExecutor(Executor):
     def _mark_lost(self, actor: Any) -> None:
         if actor is self._actor:  # not an actor this executor has already replaced
             self._lost = True
+            if self.on_lost is not None and self._loop is not None:  # tell the pool, on its loop
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                    self._loop.call_soon_threadsafe(self.on_lost)
 
     @property
     def alive(self) -> bool:
         return not self._lost
 
     async def run(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]) -> BatchResult:
+        self._calling = True
         try:
             return await self._actor.run.remote(api_name, items, encoders)
         except RayActorError as exc:
             self._lost = True
             where = self.where.get("where", "its node")
+            if self._given_up:
+                raise ExecutorStuck(f"Ray actor of replica {self.key} on {where} was killed: its call was stuck") \
+                    from None
             raise ExecutorDied(
                 f"Ray actor of replica {self.key} on {where} (pid {self.where.get('pid')}) died: {_first_line(exc)}"
             ) from None
+        finally:
+            self._calling = False
+
+    def abandon(self) -> bool:
+        """Kill the actor running a stuck call: `run` then raises `ExecutorStuck`."""
+        if not self._calling or self._actor is None:
+            return False
+        self._given_up = True
+        ray.kill(self._actor, no_restart=True)
+        return True
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
         """Kill the actor (work was drained before this is called) and wait until Ray reports it gone."""
