@@ -50,33 +50,58 @@ class Batcher:
         self.accepting = True
 
     # -- the request side ----------------------------------------------------------
-    def submit(
-        self, api_name: str, kwargs: dict[str, Any], encoder: Encoder, timeout: float | None = None, rows: int = 1,
-    ) -> asyncio.Future[Any]:
-        """Queue one request of `rows` rows; the future resolves to its result, encoded by `encoder`, or raises.
+    def admit(self, api_name: str) -> bool:
+        """Decide at the door whether a request of `api_name` may be queued, before its body is read.
 
-        Raises `Refused` at once (queue full, latency, shutting down) instead of
-        queueing work that cannot be served in time. After `timeout` seconds
-        (None: the batcher's default) the future raises `Refused` for the
-        deadline, wherever the item is; cancelling the future (the client left)
-        drops the item if it has not started.
+        Raises `Refused` (shutting down, queue full, cannot meet
+        `max_latency_ms`), else returns whether it is admitted only as a probe
+        of the latency model: pass that to `submit` as `probe`. Nothing here
+        depends on what the request carries, so a refusal costs no reading
+        and no decoding.
         """
-        queue = self._queues[api_name]
+        return self._decide(self._queues[api_name], asyncio.get_running_loop().time())
+
+    def _decide(self, queue: ApiQueue, now: float) -> bool:
+        depth = self._room(queue, now)
+        policy = queue.policy
+        return depth >= policy.admit_below and self._admission.check(policy, depth, now, queue.stats)
+
+    def _room(self, queue: ApiQueue, now: float) -> int:
+        """The queue's depth; raises `Refused` when the server is stopping or the queue is full."""
         if not self.accepting:
             queue.stats.refusals[Reason.SHUTTING_DOWN.value] += 1
             raise Refused(Reason.SHUTTING_DOWN, "the server is shutting down", retry_after=1)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         depth = queue.checked_depth(now)
-        policy = queue.policy
         if depth >= queue.limit:
             queue.stats.refusals[Reason.QUEUE_FULL.value] += 1
             raise Refused(
                 Reason.QUEUE_FULL,
-                f"queue of {api_name!r} is full ({queue.limit} waiting)",
-                retry_after=self._admission.retry_after(policy, depth),
+                f"queue of {queue.api.name!r} is full ({queue.limit} waiting)",
+                retry_after=self._admission.retry_after(queue.policy, depth),
             )
-        probe = depth >= policy.admit_below and self._admission.check(policy, depth, now, queue.stats)
+        return depth
+
+    def submit(
+        self, api_name: str, kwargs: dict[str, Any], encoder: Encoder, timeout: float | None = None, rows: int = 1,
+        *, probe: bool | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one request of `rows` rows; the future resolves to its result, encoded by `encoder`, or raises.
+
+        Raises `Refused` at once (queue full, latency, shutting down) instead of
+        queueing work that cannot be served in time. `probe` is what `admit`
+        decided at the door (the latency model is then not asked again; the
+        queue may have filled meanwhile, so its room is); None decides here.
+        After `timeout` seconds (None: the batcher's default) the future raises
+        `Refused` for the deadline, wherever the item is; cancelling the future
+        (the client left) drops the item if it has not started.
+        """
+        queue = self._queues[api_name]
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if probe is None:
+            probe = self._decide(queue, now)
+        else:
+            self._room(queue, now)
         future = loop.create_future()
         item = Pending(kwargs, rows, encoder, future, queue, now, probe)
         deadline = self._deadlines.default_timeout if timeout is None else timeout
@@ -138,4 +163,5 @@ class Batcher:
                     item.future.set_exception(
                         Refused(Reason.SHUTTING_DOWN, "the server shut down before this ran", retry_after=1)
                     )
+                    item.release()
             queue.stats.queue_depth = 0

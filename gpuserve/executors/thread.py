@@ -52,6 +52,7 @@ class ThreadExecutor(Executor):
             except BaseException as exc:  # handed to the awaiting coroutine
                 result, error = None, exc
             loop.call_soon_threadsafe(_settle, future, result, error)
+            del job, fn, args, future, result, error  # idle, it holds nothing of the batch it ran
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         if self._thread is None:
