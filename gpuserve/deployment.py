@@ -7,6 +7,7 @@ or a missing backend stops the start with its error, not the first request.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, MutableMapping
 
 import attrs
@@ -44,17 +45,37 @@ class Deployment:
                 uuid = worker.devices[0].uuid
                 shared[uuid] = min(shared.get(uuid, 0.0) + worker.memory_fraction, 1.0)
         placements = []
+        threads = self.cpu_threads()
         for worker in self.plan.workers:
             fraction = worker.memory_fraction
             if fraction is not None and self.isolation is Isolation.THREAD:
                 fraction = shared[worker.devices[0].uuid]
             elif fraction is not None:
                 fraction = fraction / instances
+            on_cpu = not any(d.is_gpu for d in worker.devices)
             placements += [
-                Placement(worker.index, instance, worker.devices, worker.memory_limit, fraction)
+                Placement(worker.index, instance, worker.devices, worker.memory_limit, fraction,
+                          threads if on_cpu else None)
                 for instance in range(instances)
             ]
         return placements
+
+    def cpu_threads(self) -> int | None:
+        """Intra-op threads of each replica on the CPU (None: the framework's own default).
+
+        `--cpu-threads` when given; else the cores this process may use, less
+        one for the event loop, shared by the replicas on the CPU: a
+        framework's default of one thread per core would have them all spin
+        against the event loop and each other.
+        """
+        setting = self.settings.cpu_threads
+        if setting is not None:
+            return setting or None
+        replicas = sum(not any(d.is_gpu for d in w.devices) for w in self.plan.workers)
+        replicas *= self.settings.instances_per_device
+        if not replicas:
+            return None
+        return max(1, (usable_cores() - 1) // replicas)
 
     def executors(self) -> list[Executor]:
         if self.isolation is Isolation.PROCESS:
@@ -63,6 +84,14 @@ class Deployment:
                 for p in self.placements()
             ]
         return [ThreadExecutor(self.spec, self.backend, p) for p in self.placements()]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system says, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def service_ref_of(spec: ServiceSpec) -> str:
@@ -109,7 +138,11 @@ def prepare(spec: ServiceSpec, settings: Settings, environ: MutableMapping[str, 
     if isolation is Isolation.THREAD:
         the_plan = _narrow_this_process(the_plan, environ)
         backend.limit_visibility(the_plan.gpu_union())
-    return Deployment(spec, settings, backend, the_plan, isolation, service_ref_of(spec), base_env)
+    deployment = Deployment(spec, settings, backend, the_plan, isolation, service_ref_of(spec), base_env)
+    threads = deployment.cpu_threads()
+    if threads is not None and not the_plan.gpu_union():
+        log.info("replicas on the CPU use %d intra-op thread(s) each (--cpu-threads)", threads)
+    return deployment
 
 
 def shares_a_gpu(the_plan: Plan) -> bool:

@@ -26,6 +26,7 @@ def _check(predicate: Callable[[Any], bool], valid: str) -> Callable[[Any, attrs
 
 _port = _check(lambda v: 0 <= v <= 65535, "a port number 0..65535")
 _positive = _check(lambda v: v > 0, "a number > 0")
+_not_negative = _check(lambda v: v >= 0, "a number >= 0")
 
 
 @attrs.frozen
@@ -44,6 +45,8 @@ class Settings:
     queue_size: int | None = attrs.field(default=None, validator=_positive)  # per API; None: derived
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)  # the whole stop, from the signal
     access_log: bool = True  # one line per request (logger "gpuserve.access")
+    # -- the CPU -----------------------------------------------------------------------------
+    cpu_threads: int | None = attrs.field(default=None, validator=_not_negative)  # None: derived; 0: framework's
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> "Settings":

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(what is left gets 503), then the replicas end (default 30)")
     p.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
                    help="no log line per request (GPUSERVE_ACCESS_LOG=false)")
+    p.add_argument("--cpu-threads", type=int,
+                   help="intra-op threads of the framework of each CPU replica (default: the cores this process "
+                   "may use, less one for the event loop, shared by the CPU replicas; 0: the framework's own)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
 
