@@ -13,7 +13,8 @@ comes back decoded. An error answer raises a typed exception carrying its
 status, message and request id: `BadRequestError` (4xx), `ServerError` (5xx),
 `UnavailableError` (503, with `retry_after` in seconds) and `DeadlineError`
 (504). `call(api, arguments, timeout=..., request_id=...)` gives the request
-its own deadline (the `X-Request-Timeout` header) or id.
+its own deadline (the `X-Request-Timeout` header) or id; `api_key=` is sent
+to a server started with `--api-key` (a 401 raises `BadRequestError`).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def _error(status: int, raw: bytes, headers: Mapping[str, str]) -> ClientError:
     return kind(status, message, request_id, body)
 
 
-def _request_headers(timeout: float | None, request_id: str | None) -> dict[str, str]:
+def _request_headers(timeout: float | None, request_id: str | None, api_key: str | None) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
     if timeout is not None:
         headers[TIMEOUT_HEADER] = repr(float(timeout))
     if request_id is not None:
@@ -89,18 +92,21 @@ def _request_headers(timeout: float | None, request_id: str | None) -> dict[str,
 
 
 class Client:
-    """A blocking client (standard library HTTP). `timeout`: seconds to wait for each answer."""
+    """A blocking client (standard library HTTP). `timeout`: seconds to wait for each answer;
+    `api_key`: sent as `Authorization: Bearer <key>` to a server that asks for one."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0,
+                 api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.api_key = api_key
 
     def call(self, api: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None,
              request_id: str | None = None) -> Any:
         """`POST /<api>` with `arguments` as the body; its decoded answer, or a `ClientError`."""
         request = urllib.request.Request(
             f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS), method="POST",
-            headers=_request_headers(timeout, request_id),
+            headers=_request_headers(timeout, request_id, self.api_key),
         )
         wait = self.timeout if timeout is None else max(self.timeout, timeout + 1)
         try:
@@ -138,10 +144,12 @@ class Client:
 class AsyncClient:
     """An asyncio client over one aiohttp session (reused connections). Close it, or use `async with`."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0,
+                 api_key: str | None = None) -> None:
         import aiohttp
 
         self.url = url.rstrip("/")
+        self.api_key = api_key
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def call(self, api: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None,
@@ -149,7 +157,7 @@ class AsyncClient:
         """`POST /<api>` with `arguments` as the body; its decoded answer, or a `ClientError`."""
         async with self._session.post(
             f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS),
-            headers=_request_headers(timeout, request_id),
+            headers=_request_headers(timeout, request_id, self.api_key),
         ) as answer:
             raw = await answer.read()
             if answer.status >= 400:

@@ -38,11 +38,13 @@ async def drain(app: web.Application) -> None:
 async def replicas(app: web.Application) -> AsyncIterator[None]:
     """`cleanup_ctx`: dispatch and build on the way in; stop the batcher and the executors on the way out."""
     state = app[STATE]
+    state.loop_watch.start()
     state.batcher.start(on_failure=lambda exc: _dispatcher_failed(state, exc))
     build = asyncio.get_running_loop().create_task(_build(state), name="gpuserve-build")
     try:
         yield
     finally:
+        state.loop_watch.stop()
         loop = asyncio.get_running_loop()
         state.stop.begin(loop.time())  # a stop without on_shutdown (a failed start) has the same budget
         build.cancel()

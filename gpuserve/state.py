@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gpuserve.batching import Batcher
 from gpuserve.deployment import Deployment
+from gpuserve.loopwatch import LoopWatch
 from gpuserve.pool import DevicePool
 
 TAIL_MAX_S = 2.0  # at most this much of the stop is kept for answering and for ending executors
@@ -57,6 +58,7 @@ class ServerState:
     stop: StopBudget
     failure: str | None = None  # why the server cannot serve (replicas failed to build, dispatcher died)
     on_failure: Callable[[str], None] | None = None  # e.g. the runner stops the server
+    loop_watch: LoopWatch = attrs.Factory(LoopWatch)  # how long the event loop goes without a break
 
     def fail(self, reason: str) -> None:
         if self.failure is None:

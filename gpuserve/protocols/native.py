@@ -1,8 +1,15 @@
 """Native JSON routes: `POST /<api>`, `/livez`, `/readyz`, `/stats`, JSON errors.
 
-A body is checked against the API's declarations before it is queued
-(`json_codec`); a request that fails in the user's code is logged once, with
-its traceback, the API's name and the request's id.
+A request is admitted or refused from its route and its queue alone, before
+its body is read (`Batcher.admit`), so overload costs no reading and no
+decoding; a connection refused for overload is not read again for a while
+(`Connection.hold`). An admitted body is read within `--body-timeout`
+(`guards.read_body`), checked against the API's declarations
+(`json_codec`; in a helper process from `--off-loop-decode-size` on,
+`offload`) and queued. A request that fails in the user's code is logged
+once, with its traceback, the API's name and the request's id; its error
+body names the exception's type and message, without paths or environment
+values unless `--debug-errors`.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from gpuserve.batching import ItemFailed, Refused
+from gpuserve.batching import ItemFailed, Reason, Refused
+from gpuserve.protocols.connections import connection_of
 from gpuserve.protocols.errors import json_error, refusal
+from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, json_content, read_body
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_json
+from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
 from gpuserve.protocols.request_ids import HEADER, request_id
 from gpuserve.service import ApiSpec
 
@@ -25,49 +35,84 @@ if TYPE_CHECKING:
     from gpuserve.state import ServerState
 
 log = logging.getLogger("gpuserve.api")
-TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline
+TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline, up to its maximum
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Refusals that say the server is overloaded: the connection is then not read again before Retry-After.
+OVERLOAD = frozenset({Reason.QUEUE_FULL, Reason.LATENCY})
 
 
-def _timeout(raw: str) -> float:
-    """The request's own deadline in seconds, from its header."""
+def _timeout(raw: str, cap: float) -> float:
+    """The request's own deadline in seconds, from its header: more than 0, at most the server's maximum."""
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not value > 0 or math.isinf(value):
         raise BadRequest(f"{TIMEOUT_HEADER}: {raw!r} is invalid: expected seconds > 0, e.g. 2.5")
+    if value > cap:
+        raise BadRequest(f"{TIMEOUT_HEADER}: {raw!r} is over this server's maximum of {cap:g} s "
+                         "(--max-request-timeout)")
     return value
 
 
-def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
+def _refused(request: web.Request, exc: Refused, rid: str) -> web.Response:
+    """The answer to a refused request; after an overload refusal its connection is held (`Connection.hold`)."""
+    if exc.reason in OVERLOAD and exc.retry_after:
+        connection = connection_of(request)
+        if connection is not None:
+            exc.retry_after = connection.hold(exc.retry_after)
+    return refusal(exc, rid)
+
+
+def _not_ready(state: ServerState, guards: Guards, rid: str) -> web.Response:
+    """503 until every replica is built; why it cannot serve, when it cannot (without paths or secrets)."""
+    reason = guards.public(state.failure) if state.failure else "replicas are still being built"
+    return json_error(503, f"not ready: {reason}", rid, retry_after=1)
+
+
+def _api_handler(api: ApiSpec, state: ServerState, guards: Guards, offload: DecodeWorker | None) -> Handler:
     batcher = state.batcher
     settings = state.deployment.settings
     name = api.name
     decode = argument_decoder(api)
+    max_body, body_timeout = settings.max_body_size, settings.body_timeout
+    timeout_cap = settings.request_timeout_cap
+    off_loop = settings.off_loop_decode_size if offload is not None else 0
 
     async def handle(request: web.Request) -> web.Response:
         rid = request_id(request)
         if not state.ready:
-            reason = state.failure or "replicas are still being built"
-            return json_error(503, f"not ready: {reason}", rid, retry_after=1)
+            return _not_ready(state, guards, rid)
+        wrong_type = json_content(request)
+        if wrong_type is not None:
+            return json_error(415, wrong_type, rid)
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return json_error(
-                413, f"request body is larger than {settings.max_body_size} bytes (--max-body-size)", rid
-            )
-        try:
-            kwargs, rows = decode(body)
+            own = request.headers.get(TIMEOUT_HEADER)
+            timeout = None if own is None else _timeout(own, timeout_cap)
+            # Decided from the route and the queue alone: a refusal reads and decodes nothing.
+            probe = batcher.admit(name)
+            body = await read_body(request, max_body, body_timeout)
+            if off_loop and len(body) >= off_loop:
+                kwargs, rows = await offload.decode(name, body)  # type: ignore[union-attr]
+            else:
+                kwargs, rows = decode(body)
+            del body
             # The batcher keeps the deadline (this one, or the server's default)
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
-            own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else _timeout(own), rows)
+            future = batcher.submit(name, kwargs, encode_json, timeout, rows, probe=probe)
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
-            return refusal(exc, rid)
+            return _refused(request, exc, rid)
+        except BodyRefused as exc:
+            response = json_error(exc.status, str(exc), rid)
+            if exc.status == 408:  # the rest of the body is still on its way: the connection cannot go on
+                response.force_close()
+            return response
+        except OffloadFailed as exc:
+            log.error("request %s: %s", rid, exc)
+            return json_error(503, str(exc), rid, retry_after=1)
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the request if it has not started.
         try:
@@ -76,9 +121,14 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
             failure = exc.failure
             log.error("%r failed for request %s: %s: %s\n%s", name, rid, failure.type, failure.message,
                       failure.traceback.rstrip())
-            return json_error(500, f"{name!r} failed: {exc}", rid, type=failure.type)
+            extra = {"traceback": failure.traceback} if guards.debug_errors else {}
+            return json_error(500, f"{name!r} failed: {guards.public(str(exc))}", rid, type=failure.type, **extra)
         except Refused as exc:
             return refusal(exc, rid)
+        finally:
+            # An exception the future holds has this frame in its traceback: let go
+            # of it now, or the body and request stay until a garbage collection.
+            del future
         response = web.Response(body=payload, content_type="application/json")
         response.headers[HEADER] = rid
         return response
@@ -86,15 +136,17 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
     return handle
 
 
-def add_native_routes(app: web.Application, state: ServerState) -> None:
+def add_native_routes(app: web.Application, state: ServerState, offload: DecodeWorker | None = None) -> None:
+    """The native routes; `offload` decodes bodies of at least `--off-loop-decode-size` bytes (None: none)."""
+    guards = app.get(GUARDS) or Guards()
+
     async def livez(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
         if state.ready:
             return web.json_response({"status": "ready", "replicas": len(state.pool)})
-        reason = state.failure or "replicas are still being built"
-        return json_error(503, f"not ready: {reason}", request_id(request), retry_after=1)
+        return _not_ready(state, guards, request_id(request))
 
     async def stats(_: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(state.batcher.read_stats().snapshot()), content_type="application/json")
@@ -103,7 +155,7 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/stats", stats)
     for api in state.deployment.spec.apis.values():
-        app.router.add_post(f"/{api.name}", _api_handler(api, state))
+        app.router.add_post(f"/{api.name}", _api_handler(api, state, guards, offload))
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:
