@@ -69,7 +69,7 @@ async def _serve(app: web.Application, settings: Settings) -> str | None:
     try:
         await runner.setup()
         try:
-            site = ListeningSite(runner, settings.host, settings.port, _limits(settings))
+            site = ListeningSite(runner, settings.host, settings.port, _limits(settings), room=state.batcher.below_half)
         except OSError as exc:  # ssl.SSLError is one
             state.fail(f"cannot serve HTTPS with --ssl-certfile {settings.ssl_certfile} and --ssl-keyfile "
                        f"{settings.ssl_keyfile}: {exc}")

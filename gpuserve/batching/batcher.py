@@ -61,6 +61,11 @@ class Batcher:
         """
         return self._decide(self._queues[api_name], asyncio.get_running_loop().time())
 
+    def below_half(self, api_name: str) -> int:
+        """How many requests the API's queue would take before it is half full (0 when it is fuller)."""
+        queue = self._queues[api_name]
+        return max(queue.limit // 2 - queue.depth, 0)
+
     def _decide(self, queue: ApiQueue, now: float) -> bool:
         depth = self._room(queue, now)
         policy = queue.policy

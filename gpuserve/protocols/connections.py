@@ -13,13 +13,17 @@ aiohttp parses HTTP; what it leaves unbounded is bounded here, per connection:
   server raises to its hard limit, so the server's own files, the probes and
   those answers never run out of descriptors;
 - a connection whose request was refused for overload is not read again
-  for a while (`hold`): a client that retries at once costs the server one
-  refusal per hold, not one per round trip. The wait is the refusal's
+  for a while (`WaitingRoom`): a client that retries at once costs the server
+  one refusal per wait, not one per round trip. The wait is the refusal's
   `Retry-After`, longer when many connections are already held, so that
   answering them costs about `REFUSALS_PER_S` refusals a second however many
   clients crowd the door; the connection is held for a random part of it (half
   to all), so clients turned away together do not come back together, and a
   client that honours `Retry-After` never finds its connection still held.
+  Sooner than that, when the queue that refused it is less than half full,
+  the connections it refused are read again, oldest first: the queue never
+  runs dry while clients wait at the door, and its upper half is left to the
+  clients being served, whose next requests come at once.
 
 A request's body has its own timeout, kept where the body is read
 (`guards.read_body`). Each connection is a `Connection` around aiohttp's own
@@ -29,11 +33,13 @@ handler; the guard middleware tells it when a request's handler starts and ends.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
 import resource
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -46,6 +52,7 @@ RESERVED_FILES = 64
 # Overload refusals a second the server accepts to answer on held connections
 # (each costs the event loop tens of microseconds).
 REFUSALS_PER_S = 1000
+TICK_S = 0.01  # how often held connections are let in when their queue has room
 
 
 @attrs.frozen
@@ -85,14 +92,62 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     return context
 
 
+Room = Callable[[str], int]  # a queue's name -> the requests it takes before it is half full
+
+
+class WaitingRoom:
+    """Connections held after an overload refusal, per queue that refused them, oldest first.
+
+    Each is read again when its wait is over or, sooner, when its queue has
+    room: a tick every `TICK_S` lets in, per queue, as many of the oldest held
+    connections as the queue takes before it is half full.
+    """
+
+    def __init__(self, room: Room | None, loop: asyncio.AbstractEventLoop) -> None:
+        self._room = room
+        self._loop = loop
+        self._held: dict[str | None, dict[Connection, None]] = {}  # insertion order: oldest first
+        self.count = 0
+        self._tick: asyncio.TimerHandle | None = None
+
+    def hold(self, connection: Connection, queue: str | None, retry_after: float) -> float:
+        """Hold `connection` (refused by `queue`; None: let in by time only); the wait to tell its client."""
+        wait = max(retry_after, math.ceil(self.count / REFUSALS_PER_S))
+        if connection.pause(self._loop.call_later(wait * random.uniform(0.5, 1.0), self.release, connection)):
+            self._held.setdefault(queue, {})[connection] = None
+            self.count += 1
+            if self._tick is None and self._room is not None:
+                self._tick = self._loop.call_later(TICK_S, self._let_in)
+        return wait
+
+    def release(self, connection: Connection) -> None:
+        for queue, held in self._held.items():
+            if connection in held:
+                del held[connection]
+                self.count -= 1
+                break
+        connection.resume()
+
+    def _let_in(self) -> None:
+        self._tick = None
+        assert self._room is not None
+        for queue, held in self._held.items():
+            if queue is None or not held:
+                continue
+            for connection in list(itertools.islice(held, self._room(queue))):
+                self.release(connection)
+        if self.count:
+            self._tick = self._loop.call_later(TICK_S, self._let_in)
+
+
 class _Census:
-    """The site's connections: how many are open, how many are held after a refusal."""
+    """The site's connections: how many are open, and those held after a refusal."""
 
-    __slots__ = ("open", "held")
+    __slots__ = ("open", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, waiting: WaitingRoom) -> None:
         self.open = 0
-        self.held = 0
+        self.waiting = waiting
 
 
 class Connection(asyncio.Protocol):
@@ -143,8 +198,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self._held is not None:
-            self._held.cancel()
-            self._resume()
+            self._census.waiting.release(self)
         self.inner.connection_lost(exc)
 
     # -- what the guard tells it ---------------------------------------------------------------
@@ -156,24 +210,26 @@ class Connection(asyncio.Protocol):
     def finished(self) -> None:
         self.busy = False
 
-    def hold(self, retry_after: float) -> float:
-        """Read nothing more from this connection for a while (its request was refused for overload).
+    def hold(self, retry_after: float, queue: str | None = None) -> float:
+        """Read nothing more from this connection for a while: its request was refused for overload by
+        `queue` (None: not for want of room). The wait to tell the client (`Retry-After`): see `WaitingRoom`."""
+        return self._census.waiting.hold(self, queue, retry_after)
 
-        Returns the wait to tell the client (its `Retry-After`): at least
-        `retry_after`, more when many other connections are held already.
-        """
-        wait = max(retry_after, math.ceil(self._census.held / REFUSALS_PER_S))
+    def pause(self, until: asyncio.TimerHandle) -> bool:
+        """Stop reading until `resume` (`until` calls it); False, and `until` cancelled, if it cannot be held."""
         transport = self.transport
         if transport is None or transport.is_closing() or self._held is not None:
-            return wait
+            until.cancel()
+            return False
         transport.pause_reading()
-        self._census.held += 1
-        self._held = self._loop.call_later(wait * random.uniform(0.5, 1.0), self._resume)
-        return wait
+        self._held = until
+        return True
 
-    def _resume(self) -> None:
+    def resume(self) -> None:
+        if self._held is None:
+            return
+        self._held.cancel()
         self._held = None
-        self._census.held -= 1
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
@@ -208,12 +264,14 @@ def connection_of(request: web.BaseRequest) -> Connection | None:
 class ListeningSite(web.BaseSite):
     """aiohttp's TCP site, with every connection a `Connection` and the backlog, limits and TLS of `limits`."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits,
+                 room: Room | None = None) -> None:
+        """`room`: how many requests a queue takes before it is half full, to let held connections in early."""
         super().__init__(runner, ssl_context=limits.ssl_context, backlog=limits.backlog)
         self.host = host
         self.port = port
         self.limits = limits
-        self.census = _Census()
+        self.room = room
         self.http_runner = runner
 
     @property
@@ -226,7 +284,7 @@ class ListeningSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         handler = self.http_runner.server
         assert handler is not None, "the runner is not set up"
-        census, limits = self.census, self.limits
+        census, limits = _Census(WaitingRoom(self.room, loop)), self.limits
 
         def connection() -> Connection:
             return Connection(handler(), census, limits, loop)

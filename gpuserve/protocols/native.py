@@ -55,12 +55,14 @@ def _timeout(raw: str, cap: float) -> float:
     return value
 
 
-def _refused(request: web.Request, exc: Refused, rid: str) -> web.Response:
+def _refused(request: web.Request, exc: Refused, rid: str, queue: str) -> web.Response:
     """The answer to a refused request; after an overload refusal its connection is held (`Connection.hold`)."""
     if exc.reason in OVERLOAD and exc.retry_after:
         connection = connection_of(request)
         if connection is not None:
-            exc.retry_after = connection.hold(exc.retry_after)
+            # Let in early when its queue has room, unless it was refused for latency: room would not help.
+            let_in_by = queue if exc.reason is Reason.QUEUE_FULL else None
+            exc.retry_after = connection.hold(exc.retry_after, let_in_by)
     return refusal(exc, rid)
 
 
@@ -104,7 +106,7 @@ def _api_handler(api: ApiSpec, state: ServerState, guards: Guards, offload: Deco
         except BadRequest as exc:
             return json_error(400, str(exc), rid, errors=exc.errors)
         except Refused as exc:
-            return _refused(request, exc, rid)
+            return _refused(request, exc, rid, name)
         except BodyRefused as exc:
             response = json_error(exc.status, str(exc), rid)
             if exc.status == 408:  # the rest of the body is still on its way: the connection cannot go on
