@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from gpuserve.protocols.connections import Connection, ConnectionLimits, WaitingRoom, _Census
+from gpuserve.protocols.connections import Census, Connection, ConnectionLimits, WaitingRoom
 
 pytestmark = pytest.mark.anyio
 WAIT_S = 30.0  # so long that a connection read again within this test was let in by room, not by time
@@ -30,7 +30,7 @@ class Inner(asyncio.Protocol):
             self.read.set_result(data)
 
 
-async def _connection(census: _Census) -> tuple[Connection, Inner, socket.socket]:
+async def _connection(census: Census) -> tuple[Connection, Inner, socket.socket]:
     ours, theirs = socket.socketpair()
     inner = Inner()
     limits = ConnectionLimits(backlog=1, max_connections=10, header_timeout=60.0)
@@ -42,7 +42,7 @@ async def _connection(census: _Census) -> tuple[Connection, Inner, socket.socket
 async def test_held_connections_are_read_again_oldest_first_when_their_queue_has_room():
     room = {"predict": 0}
     waiting = WaitingRoom(lambda queue: room[queue], asyncio.get_running_loop())
-    census = _Census(waiting)
+    census = Census(waiting)
     first, second = [await _connection(census) for _ in range(2)]
     try:
         for connection, _, _ in (first, second):
@@ -66,7 +66,7 @@ async def test_held_connections_are_read_again_oldest_first_when_their_queue_has
 
 async def test_a_connection_refused_for_latency_waits_out_its_time_whatever_the_room():
     waiting = WaitingRoom(lambda queue: 100, asyncio.get_running_loop())
-    connection, inner, client = await _connection(_Census(waiting))
+    connection, inner, client = await _connection(Census(waiting))
     try:
         connection.hold(WAIT_S, None)
         client.sendall(b"again")

@@ -121,7 +121,8 @@ class WaitingRoom:
         return wait
 
     def release(self, connection: Connection) -> None:
-        for queue, held in self._held.items():
+        """Read `connection` again: its wait is over, its queue has room, or it closed."""
+        for held in self._held.values():
             if connection in held:
                 del held[connection]
                 self.count -= 1
@@ -140,7 +141,7 @@ class WaitingRoom:
             self._tick = self._loop.call_later(TICK_S, self._let_in)
 
 
-class _Census:
+class Census:
     """The site's connections: how many are open, and those held after a refusal."""
 
     __slots__ = ("open", "waiting")
@@ -156,7 +157,7 @@ class Connection(asyncio.Protocol):
     __slots__ = ("inner", "transport", "over_limit", "busy", "_census", "_limits", "_loop", "_head_since",
                  "_timer", "_held")
 
-    def __init__(self, inner: asyncio.Protocol, census: _Census, limits: ConnectionLimits,
+    def __init__(self, inner: asyncio.Protocol, census: Census, limits: ConnectionLimits,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.inner = inner
         self.transport: asyncio.Transport | None = None
@@ -284,7 +285,7 @@ class ListeningSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         handler = self.http_runner.server
         assert handler is not None, "the runner is not set up"
-        census, limits = _Census(WaitingRoom(self.room, loop)), self.limits
+        census, limits = Census(WaitingRoom(self.room, loop)), self.limits
 
         def connection() -> Connection:
             return Connection(handler(), census, limits, loop)
