@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import sys
 import traceback
@@ -13,16 +14,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks import RESULTS, device, environment, hotpath, loadgen, report, scaling, serve, servers
-from benchmarks.config import SCENARIOS, RunConfig
+from benchmarks import (
+    RESULTS, device, environment, hotpath, loadgen, overload, report, scaling, serve, servers, soak, threads,
+)
+from benchmarks.config import DEFAULT_SCENARIOS, SCENARIOS, RunConfig
 
 SCHEMA = 1
 
 
 def parse(argv: Sequence[str] | None) -> RunConfig:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="gpuserve's benchmark suite (see benchmarks/README.md).")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated, from {','.join(SCENARIOS)} (default: all but soak)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes: checks the plumbing, not the speed")
     p.add_argument("--duration", type=float, help="seconds of load per measured point (default 10, quick 1)")
     p.add_argument("--rounds", type=int, help="rounds the duration is split into, targets alternating (default 10, quick 1)")
@@ -84,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("scaling", scaling.steps(config), lambda tick: scaling.run(config, logs, tick)))
     if "hotpath" in config.scenarios:
         jobs.append(("hotpath", hotpath.steps(config), lambda tick: hotpath.run(config, tick)))
+    for name, module in (("overload", overload), ("threads", threads), ("soak", soak)):
+        if name in config.scenarios:
+            jobs.append((name, module.steps(config), functools.partial(module.run, config, logs)))
 
     results: dict[str, Any] = {}
     failed = False

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import attrs
 
-SCENARIOS = ("device", "serve", "baseline", "scaling", "hotpath")
+SCENARIOS = ("device", "serve", "baseline", "scaling", "hotpath", "overload", "threads", "soak")
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "soak")  # ten minutes: asked for by name
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 256)
@@ -14,7 +15,7 @@ QUICK_BATCH_SIZES = (1, 16, 256)
 
 @attrs.frozen
 class RunConfig:
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
     duration_s: float = 10.0  # load per (target, concurrency), split over `rounds`
     rounds: int = 10  # gpuserve and baseline alternate per round, so drift hits both alike
     warmup_s: float = 1.0

@@ -59,7 +59,8 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert document["cpu_only"] == (not document["environment"]["gpus"])
 
     results = document["results"]
-    assert {"device", "serve", "baseline", "scaling", "hotpath"} <= results.keys()
+    assert {"device", "serve", "baseline", "scaling", "hotpath", "overload", "threads"} <= results.keys()
+    assert "soak" not in results  # ten minutes: only when asked for
     assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
     assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
     for side, workloads in (("serve", {"echo", "echo_batched", "echo_access_log", "mlp", "mlp_batched",
@@ -72,12 +73,40 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert [r["executors"] for r in results["scaling"]] == [1, 2]
     assert any(r["step"].startswith("Batcher") for r in results["hotpath"])
 
+    overload = results["overload"]
+    assert {(r["layout"], r["clients"]) for r in overload["rows"]} == {
+        (layout, clients) for layout in ("threads", "processes") for clients in (64, 4 * 32, 20 * 32)}
+    for row in overload["rows"]:  # every request sent is accounted for, by its fate
+        assert sum(row["outcomes"].values()) == row["requests"] > 0 and row["server_rss_mib"] > 0
+    assert len(overload["ratios"]) == 2 * 2 * 2  # layouts x multiples x what clients do with Retry-After
+    assert [r["workload"] for r in results["threads"]["rows"]] == ["example_derived", "example_torch_default"]
+
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 5
+    assert len(document["targets"]) == 5 + 8 * 2  # and per overload point: goodput, answers
     assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",
-                                      "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png"}
+                                      "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png",
+                                      "overload.png"}
     assert all(_png(run_dir / name) for name in document["plots"])
+
+
+
+def test_a_tiny_soak_reports_each_interval_and_its_drift(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--duration", "0.5", "--scenarios", "soak",
+         "--loadgen", "python", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = tmp_path.iterdir()
+    document = json.loads((run_dir / "results.json").read_text())
+    soak = document["results"]["soak"]
+    assert 0 < soak["rate_rps"] < soak["capacity_rps"]
+    assert len(soak["intervals"]) == 3 and all(i["server_rss_mib"] for i in soak["intervals"])
+    assert sum(sum(i["answers"].values()) for i in soak["intervals"]) == soak["sent"]
+    assert {c["target"] for c in document["targets"] if c["value"] is not None} == {
+        "soak RSS, last minute / first minute", "soak p99, last minute / first minute"}
+    assert document["plots"] == ["soak.png"] and _png(run_dir / "soak.png")
 
 
 SERVED = ("echo", "echo_batched", "mlp", "mlp_batched", "mlp_batched_process")
