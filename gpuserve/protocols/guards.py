@@ -79,11 +79,11 @@ def read_keys(path: str) -> list[str]:
 class Guards:
     """What the middleware and the routes enforce, built once from the settings."""
 
-    key_digests: tuple[bytes, ...] = ()
+    key_digests: tuple[bytes, ...] = attrs.field(default=(), repr=False)
     ops_routes: OpsRoutes = OpsRoutes.KEY
     allowed_hosts: frozenset[str] = frozenset()
     debug_errors: bool = False
-    hidden: tuple[str, ...] = ()  # environment values error bodies never show
+    hidden: tuple[str, ...] = attrs.field(default=(), repr=False)  # environment values error bodies never show
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> Guards:
