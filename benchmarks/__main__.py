@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import sys
 import traceback
@@ -14,17 +15,18 @@ from typing import Any
 from tqdm import tqdm
 
 from benchmarks import (
-    RESULTS, chaos, device, environment, hotpath, loadgen, report, resnet, scaling, serve, servers, streaming, v2,
+    RESULTS, chaos, device, environment, hotpath, loadgen, overload, report, resnet, scaling, serve, servers, soak,
+    streaming, threads, v2,
 )
-from benchmarks.config import SCENARIOS, RunConfig
+from benchmarks.config import DEFAULT_SCENARIOS, SCENARIOS, RunConfig
 
 SCHEMA = 1
 
 
 def parse(argv: Sequence[str] | None) -> RunConfig:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="gpuserve's benchmark suite (see benchmarks/README.md).")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated, from {','.join(SCENARIOS)} (default: all but soak)")
     p.add_argument("--quick", action="store_true", help="seconds instead of minutes: checks the plumbing, not the speed")
     p.add_argument("--duration", type=float, help="seconds of load per measured point (default 10, quick 1)")
     p.add_argument("--rounds", type=int, help="rounds the duration is split into, targets alternating (default 10, quick 1)")
@@ -105,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs.append(("streaming", streaming.steps(config), lambda tick: streaming.run(config, logs, tick)))
     if "chaos" in config.scenarios:
         jobs.append(("chaos", chaos.steps(config), lambda tick: chaos.run(config, logs, tick)))
+    for name, module in (("overload", overload), ("threads", threads), ("soak", soak)):
+        if name in config.scenarios:
+            jobs.append((name, module.steps(config), functools.partial(module.run, config, logs)))
 
     results: dict[str, Any] = {}
     failed = False

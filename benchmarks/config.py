@@ -6,7 +6,9 @@ from pathlib import Path
 
 import attrs
 
-SCENARIOS = ("device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet", "chaos")
+SCENARIOS = ("device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet", "overload", "threads",
+             "chaos", "soak")
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "soak")  # ten minutes: asked for by name
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCH_SIZES = (1, 16, 256)
@@ -15,7 +17,7 @@ RESNET_BATCH = 32  # the `resnet` scenario's batch size, served (max_batch_size)
 
 @attrs.frozen
 class RunConfig:
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
     duration_s: float = 10.0  # load per (target, concurrency), split over `rounds`
     rounds: int = 10  # gpuserve and baseline alternate per round, so drift hits both alike
     warmup_s: float = 1.0

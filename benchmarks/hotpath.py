@@ -6,9 +6,11 @@ piece is timed alone on the event loop the server uses, driven by 1 and by 64
 concurrent clients:
 
 - the codecs on the benchmark body;
-- the whole gpuserve route handler (decode, submit, batch, encode, response)
-  beside the raw aiohttp echo handler, both fed ready-made requests: the
-  difference is what gpuserve adds per request on the event loop;
+- the whole gpuserve route handler (the guard middleware every route goes
+  through, decode, submit, batch, encode, response) beside the raw aiohttp
+  echo handler, both fed ready-made requests: the difference is what gpuserve
+  adds per request on the event loop;
+- the route handler refusing a request its full queue cannot take (503);
 - the Batcher with the replica run on the loop itself (what is left is the
   batcher's own work and a trivial echo), with the real thread executor, and
   the hand-written baseline batcher with its thread, for comparison;
@@ -41,6 +43,7 @@ from gpuserve.eventloop import new_event_loop
 from gpuserve.executors import Executor, ThreadExecutor
 from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.pool import DevicePool
+from gpuserve.protocols.guards import Guards, middleware
 from gpuserve.protocols.json_codec import argument_decoder, encode_json
 from gpuserve.protocols.native import add_native_routes
 from gpuserve.service import spec_of
@@ -117,6 +120,19 @@ class _Protocol:
         pass
 
 
+class _Transport:
+    """Just enough of a transport for what handlers ask of it (a Mock would record, and be timed, every call)."""
+
+    def get_protocol(self) -> None:
+        return None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+
 async def _request(path: str) -> web.Request:
     """A POST of the benchmark body, read once: handlers' reads then return it at once.
 
@@ -126,7 +142,8 @@ async def _request(path: str) -> web.Request:
     payload = StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
     payload.feed_data(ROWS_BODY)
     payload.feed_eof()
-    request = make_mocked_request("POST", path, headers={"Content-Type": "application/json"}, payload=payload)
+    request = make_mocked_request("POST", path, headers={"Content-Type": "application/json"}, payload=payload,
+                                  transport=_Transport())
     await request.read()
     return request
 
@@ -144,7 +161,12 @@ async def _served(deployment: Deployment, executors: list[Executor], label: str,
     batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=max(CLIENTS) * 4, timeout=TIMEOUT_S)
     app = web.Application()
     add_native_routes(app, ServerState(deployment, pool, batcher, StopBudget(1.0)))
-    handler = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
+    route = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
+    guard = middleware(Guards())  # every request goes through it, as in the server with its default settings
+
+    def handler(request: web.Request) -> Awaitable[web.StreamResponse]:
+        return guard(request, route)
+
     batcher.start(on_failure=lambda exc: None)
     kwargs = orjson.loads(ROWS_BODY)
     try:
@@ -155,6 +177,29 @@ async def _served(deployment: Deployment, executors: list[Executor], label: str,
         await batcher.close()
         await pool.stop(1.0)
     return rows
+
+
+async def _refused(deployment: Deployment, items: int) -> list[dict[str, Any]]:
+    """The route handler answering 503 to a request its full queue cannot take (nothing dispatches)."""
+    inline = InlineExecutor(deployment.spec, deployment.backend, deployment.kind.placements()[0])
+    pool = DevicePool([inline])
+    await pool.start()
+    batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=1, timeout=TIMEOUT_S)
+    waiting = batcher.submit(API, orjson.loads(ROWS_BODY), encode_json)  # fills the queue: never dispatched
+    app = web.Application()
+    add_native_routes(app, ServerState(deployment, pool, batcher, StopBudget(1.0)))
+    route = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
+    guard = middleware(Guards())
+
+    def handler(request: web.Request) -> Awaitable[web.StreamResponse]:
+        return guard(request, route)
+
+    try:
+        return await _handler_rows("gpuserve handler, refused: queue full (503)", handler, items)
+    finally:
+        await batcher.close()
+        waiting.exception()  # answered as shut down
+        await pool.stop(1.0)
 
 
 async def _floors(items: int) -> list[dict[str, Any]]:
@@ -188,6 +233,7 @@ async def _async_rows(items: int) -> list[dict[str, Any]]:
     inline = InlineExecutor(deployment.spec, deployment.backend, deployment.kind.placements()[0])
     rows += await _served(deployment, [inline], ON_LOOP, items)
     rows += await _served(deployment, deployment.executors(), "thread executor", items // 4)
+    rows += await _refused(deployment, items)
     return rows
 
 

@@ -23,6 +23,8 @@ TARGET_CONCURRENCY = 64
 # for a model whose batches hold the interpreter lock: its own process. The
 # thread-isolated figures stand beside them in the table.
 MLP_TARGET = "mlp_batched_process"
+OVERLOAD_GOODPUT = 0.8  # goodput at 4x and 20x the queue in clients, against goodput at 64
+SOAK_RSS_DRIFT, SOAK_P99_DRIFT = 1.1, 2.0  # last minute against the first
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
 from benchmarks.streaming import CONCURRENCY as STREAMS, TARGET_RATIO, TARGET_WORKLOAD  # noqa: E402
 
@@ -94,6 +96,16 @@ def targets(results: dict[str, Any], compared: Sequence[dict[str, Any]]) -> list
         row = streamed.get(streams)
         checks.append(_check(f"streaming 1 KB values/s / raw aiohttp StreamResponse values/s, {streams} stream(s)",
                              row and row["ratio"], ">=", TARGET_RATIO))
+    overload = results.get("overload")
+    for row in overload.get("ratios", []) if isinstance(overload, dict) else []:
+        where = f"{row['layout']}, {row['multiple']:g}x the queue ({row['clients']} clients) that {row['mode']} Retry-After"
+        checks.append(_check(f"overload goodput / goodput at 64 clients, {where}", row["goodput_ratio"], ">=",
+                             OVERLOAD_GOODPUT))
+        checks.append(_check(f"overload requests reset or unanswered within 30 s, {where}", row["unanswered"], "<=", 0))
+    soaked = results.get("soak")
+    if isinstance(soaked, dict) and "intervals" in soaked:
+        checks.append(_check("soak RSS, last minute / first minute", soaked["rss_drift"], "<=", SOAK_RSS_DRIFT))
+        checks.append(_check("soak p99, last minute / first minute", soaked["p99_drift"], "<=", SOAK_P99_DRIFT))
     return checks + _chaos_targets(_rows(results, "chaos"))
 
 
@@ -180,7 +192,48 @@ def plots(run_dir: Path, results: dict[str, Any], compared: Sequence[dict[str, A
         written.append(_ratio_plot(run_dir / "gpuserve_vs_baseline.png", compared))
     if _rows(results, "scaling"):
         written.append(_scaling_plot(run_dir / "scaling.png", _rows(results, "scaling")))
+    overload = results.get("overload")
+    if isinstance(overload, dict) and overload.get("rows"):
+        written.append(_overload_plot(run_dir / "overload.png", overload["rows"]))
+    soaked = results.get("soak")
+    if isinstance(soaked, dict) and soaked.get("intervals"):
+        written.append(_soak_plot(run_dir / "soak.png", soaked))
     return written
+
+
+def _overload_plot(path: Path, rows: list[dict[str, Any]]) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        modes = ("ignore", "honour") if r["clients"] == 64 else (r["mode"],)  # the full-speed point starts both
+        for mode in modes:
+            lines[f"{r['layout']}, clients that {mode} Retry-After"][r["clients"]].append(r["ok_rps"])
+    for name, points in sorted(lines.items()):
+        xs = sorted(points)
+        ax.plot(xs, [statistics.median(points[x]) for x in xs], marker="o", label=name)
+    ax.set(xlabel="closed-loop clients", ylabel="successful requests/s", title="goodput under overload")
+    _log2_ticks(ax, sorted({r["clients"] for r in rows}))
+    ax.set_ylim(bottom=0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _soak_plot(path: Path, soaked: dict[str, Any]) -> str:
+    intervals = soaked["intervals"]
+    minutes = [i["start_s"] / 60 for i in intervals]
+    fig, (latency, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
+    latency.plot(minutes, [i["p50_ms"] for i in intervals], marker="o", label="p50")
+    latency.plot(minutes, [i["p99_ms"] for i in intervals], marker="^", ls="--", label="p99")
+    latency.set(xlabel="minute", ylabel="latency (ms)", yscale="log",
+                title=f"open loop at {soaked['rate_rps']:,.0f} req/s (half capacity)")
+    latency.legend(fontsize="small")
+    memory.plot(minutes, [i.get("server_rss_mib") for i in intervals], marker="o")
+    memory.set(xlabel="minute", ylabel="server RSS (MiB)", title="server memory")
+    memory.set_ylim(bottom=0)
+    for ax in (latency, memory):
+        ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
 
 
 def _device_plot(path: Path, points: list[dict[str, Any]], key: str, label: str, scale: float = 1.0) -> str:
@@ -364,6 +417,32 @@ def summary(document: dict[str, Any]) -> str:
             [[r["fault"], r["requests"], " ".join(f"{k}:{v}" for k, v in r["answered"].items()), r["lost"],
               r.get("detected_s"), r.get("recovery_s"), " ".join(f"{k}:{v}" for k, v in r["readyz"].items()),
               r.get("exit_s"), r.get("exit_code")] for r in _rows(results, "chaos")]))
+    overload = results.get("overload")
+    if isinstance(overload, dict) and overload.get("ratios"):
+        parts.append("overload: the example under closed-loop clients; goodput ratio against 64 clients, paired "
+                     "per round (median); outcomes summed over rounds")
+        parts.append(_table(
+            ["layout", "clients", "x queue", "Retry-After", "ok req/s", "64-client ok req/s", "ratio", "ok p99 ms",
+             "slowest ms", "outcomes", "unanswered", "RSS MiB"],
+            [[r["layout"], r["clients"], r["multiple"], r["mode"], r["ok_rps"], r["base_ok_rps"], r["goodput_ratio"],
+              r["ok_p99_ms"], r["slowest_answer_ms"], " ".join(f"{k}:{v}" for k, v in sorted(r["outcomes"].items())),
+              r["unanswered"], r["server_rss_mib"]] for r in overload["ratios"]],
+        ))
+    threads = results.get("threads")
+    if isinstance(threads, dict) and threads.get("rows"):
+        parts.append(f"threads: the example at 64 clients; derived / torch's default req/s (paired): "
+                     f"{_cell(threads['rps_ratio'])}")
+        parts.append(_table(["workload", "intra-op threads", "req/s", "p50 ms", "p99 ms", "CPU us/req"],
+                            [[r["workload"], r["cpu_threads"] or "torch's own", r["rps"], r["p50_ms"], r["p99_ms"],
+                              r["cpu_us_per_request"]] for r in threads["rows"]]))
+    soaked = results.get("soak")
+    if isinstance(soaked, dict) and soaked.get("intervals"):
+        parts.append(f"soak: open loop at {soaked['rate_rps']:,.0f} req/s (half of {soaked['capacity_rps']:,.0f}), "
+                     f"{soaked['duration_s']:g} s")
+        parts.append(_table(["from s", "answers", "p50 ms", "p99 ms", "slowest ms", "RSS MiB"],
+                            [[i["start_s"], " ".join(f"{k}:{v}" for k, v in sorted(i["answers"].items())),
+                              i["p50_ms"], i["p99_ms"], i["slowest_ms"], i.get("server_rss_mib")]
+                             for i in soaked["intervals"]]))
     checks = document.get("targets") or []
     if checks:
         parts.append("targets")

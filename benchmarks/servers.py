@@ -71,10 +71,12 @@ def baseline_command() -> list[str]:
     return [sys.executable, "-m", "benchmarks.baseline"]
 
 
-def server_env(base: Mapping[str, str]) -> dict[str, str]:
+def server_env(base: Mapping[str, str], threads: bool = True) -> dict[str, str]:
     """`base` without `GPUSERVE_*` (the benchmark, not the shell, sets the server's flags),
-    with `THREADS_ENV` where the shell sets nothing."""
+    with `THREADS_ENV` where the shell sets nothing (`threads`), or without any of it."""
     env = {k: v for k, v in base.items() if not k.startswith("GPUSERVE_")}
+    if not threads:
+        return {k: v for k, v in env.items() if k not in THREADS_ENV}
     return {**THREADS_ENV, **env}
 
 
@@ -121,18 +123,20 @@ class Server:
 
 
 def launch(name: str, command: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None,
-           new_session: bool = False) -> Server:
+           new_session: bool = False, threads_env: bool = True) -> Server:
     """Start `command --port P` from the repository root; `wait_ready` before use.
 
-    `new_session`: the server leads a process group of its own (the `chaos` scenario signals the group).
+    `new_session`: the server leads a process group of its own (the `chaos` scenario signals the group);
+    `threads_env` False leaves the frameworks' thread settings to their own defaults.
     """
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [*command, "--port", str(port)], cwd=ROOT, env=server_env(env if env is not None else os.environ),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
+            [*command, "--port", str(port)], cwd=ROOT,
+            env=server_env(env if env is not None else os.environ, threads_env), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
     return Server(name, f"http://127.0.0.1:{port}", proc, log_path)
 

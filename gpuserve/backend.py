@@ -162,6 +162,16 @@ class Backend:
         """Cap this process's use of `device` to `fraction` of its memory."""
         raise CapabilityError(self.name, f"cap memory on {device.label} to {fraction:.0%}")
 
+    def set_cpu_threads(self, threads: int) -> None:
+        """Let the framework's own parallel work on the CPU (intra-op threads) use `threads` threads.
+
+        gpuserve calls it in a replica's process before building a replica on
+        the CPU (`--cpu-threads`, by default the cores left to the replicas
+        beside the event loop), so that the framework's thread pool does not
+        spin against the event loop for the same cores. Plain Python runs one
+        thread: by default nothing is done.
+        """
+
     # -- run time ----------------------------------------------------------------
     def memory(self, device: Device) -> MemoryInfo:
         raise CapabilityError(self.name, f"report memory of {device.label}")

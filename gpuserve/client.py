@@ -13,7 +13,8 @@ comes back decoded. An error answer raises a typed exception carrying its
 status, message and request id: `BadRequestError` (4xx), `ServerError` (5xx),
 `UnavailableError` (503, with `retry_after` in seconds) and `DeadlineError`
 (504). `call(api, arguments, timeout=..., request_id=...)` gives the request
-its own deadline (the `X-Request-Timeout` header) or id.
+its own deadline (the `X-Request-Timeout` header) or id; `api_key=` is sent
+to a server started with `--api-key` (a 401 raises `BadRequestError`).
 
 A streaming API's values come one by one from `stream(api, arguments)` (an
 iterator; an async iterator from `AsyncClient`), each as the server sends it:
@@ -129,8 +130,10 @@ def _cut(status: int, request_id: str | None) -> StreamError:
     return StreamError(status, "the stream was cut before its end", request_id, None)
 
 
-def _request_headers(timeout: float | None, request_id: str | None) -> dict[str, str]:
+def _request_headers(timeout: float | None, request_id: str | None, api_key: str | None) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
     if timeout is not None:
         headers[TIMEOUT_HEADER] = repr(float(timeout))
     if request_id is not None:
@@ -139,18 +142,21 @@ def _request_headers(timeout: float | None, request_id: str | None) -> dict[str,
 
 
 class Client:
-    """A blocking client (standard library HTTP). `timeout`: seconds to wait for each answer."""
+    """A blocking client (standard library HTTP). `timeout`: seconds to wait for each answer;
+    `api_key`: sent as `Authorization: Bearer <key>` to a server that asks for one."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0,
+                 api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.api_key = api_key
 
     def call(self, api: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None,
              request_id: str | None = None) -> Any:
         """`POST /<api>` with `arguments` as the body; its decoded answer, or a `ClientError`."""
         request = urllib.request.Request(
             f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS), method="POST",
-            headers=_request_headers(timeout, request_id),
+            headers=_request_headers(timeout, request_id, self.api_key),
         )
         wait = self.timeout if timeout is None else max(self.timeout, timeout + 1)
         try:
@@ -164,7 +170,7 @@ class Client:
         """`POST /<api>` of a streaming API: its values as they arrive; `timeout`: the deadline to the first."""
         request = urllib.request.Request(
             f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS), method="POST",
-            headers={**_request_headers(timeout, request_id), "Accept": "text/event-stream"},
+            headers={**_request_headers(timeout, request_id, self.api_key), "Accept": "text/event-stream"},
         )
         wait = self.timeout if timeout is None else max(self.timeout, timeout + 1)
         try:
@@ -210,11 +216,13 @@ class Client:
 class AsyncClient:
     """An asyncio client over one aiohttp session (reused connections). Close it, or use `async with`."""
 
-    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:3000", *, timeout: float = 60.0,
+                 api_key: str | None = None) -> None:
         import aiohttp
 
         self.url = url.rstrip("/")
         self._timeout = timeout
+        self.api_key = api_key
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def call(self, api: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None,
@@ -222,7 +230,7 @@ class AsyncClient:
         """`POST /<api>` with `arguments` as the body; its decoded answer, or a `ClientError`."""
         async with self._session.post(
             f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS),
-            headers=_request_headers(timeout, request_id),
+            headers=_request_headers(timeout, request_id, self.api_key),
         ) as answer:
             raw = await answer.read()
             if answer.status >= 400:
@@ -236,7 +244,7 @@ class AsyncClient:
 
         async with self._session.post(
             f"{self.url}/{api}", data=orjson.dumps(dict(arguments or {}), option=_OPTIONS),
-            headers={**_request_headers(timeout, request_id), "Accept": "text/event-stream"},
+            headers={**_request_headers(timeout, request_id, self.api_key), "Accept": "text/event-stream"},
             # A stream may last longer than any one answer: only the wait for each piece is bounded.
             timeout=aiohttp.ClientTimeout(total=None, sock_read=self._timeout),
         ) as answer:

@@ -30,6 +30,7 @@ class ReplicaContext:
     device: Any
     devices: tuple[Any, ...]
     memory_limit: int | None = None
+    cpu_threads: int | None = None  # the framework's intra-op threads, for a replica on the CPU
 
     @property
     def backend_name(self) -> str:

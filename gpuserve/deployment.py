@@ -9,6 +9,7 @@ live here: they plan on this machine's devices and narrow its visibility.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, MutableMapping
 from typing import ClassVar
 
@@ -36,6 +37,11 @@ class Deployment:
     backend: Backend
     kind: ExecutorKind  # where the replicas run; it made the plan
     base_env: Mapping[str, str]  # this process's environment before any narrowing
+
+    @property
+    def service_ref(self) -> str:
+        """`module:qualname` of the service class: how another process imports it."""
+        return service_ref_of(self.spec)
 
     def executors(self) -> list[Executor]:
         return self.kind.executors()
@@ -70,6 +76,9 @@ class LocalKind(ExecutorKind):
             the_plan = _narrow_this_process(the_plan, target.environ)
             target.backend.limit_visibility(the_plan.gpu_union())
         self.the_plan = the_plan  # ordinals as this process sees them after narrowing
+        threads = self.cpu_threads()
+        if threads is not None and not the_plan.gpu_union():
+            lines.append(f"replicas on the CPU use {threads} intra-op thread(s) each (--cpu-threads)")
         return lines
 
     def local_gpus(self) -> tuple[Device, ...]:
@@ -86,17 +95,37 @@ class LocalKind(ExecutorKind):
                 uuid = worker.devices[0].uuid
                 shared[uuid] = min(shared.get(uuid, 0.0) + worker.memory_fraction, 1.0)
         placements = []
+        threads = self.cpu_threads()
         for worker in self.the_plan.workers:
             fraction = worker.memory_fraction
             if fraction is not None and self.chosen is Isolation.THREAD:
                 fraction = shared[worker.devices[0].uuid]
             elif fraction is not None:
                 fraction = fraction / instances
+            on_cpu = not any(d.is_gpu for d in worker.devices)
             placements += [
-                Placement(worker.index, instance, worker.devices, worker.memory_limit, fraction)
+                Placement(worker.index, instance, worker.devices, worker.memory_limit, fraction,
+                          threads if on_cpu else None)
                 for instance in range(instances)
             ]
         return placements
+
+    def cpu_threads(self) -> int | None:
+        """Intra-op threads of each replica on the CPU (None: the framework's own default).
+
+        `--cpu-threads` when given; else the cores this process may use, less
+        one for the event loop, shared by the replicas on the CPU: a
+        framework's default of one thread per core would have them all spin
+        against the event loop and each other.
+        """
+        settings = self.target.settings
+        if settings.cpu_threads is not None:
+            return settings.cpu_threads or None
+        replicas = sum(not any(d.is_gpu for d in w.devices) for w in self.the_plan.workers)
+        replicas *= settings.instances_per_device
+        if not replicas:
+            return None
+        return max(1, (usable_cores() - 1) // replicas)
 
     def executors(self) -> list[Executor]:
         spec, backend = self.target.spec, self.target.backend
@@ -120,6 +149,14 @@ class ProcessKind(LocalKind):
 
     name = "process"
     isolation = Isolation.PROCESS
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system says, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def service_ref_of(spec: ServiceSpec) -> str:

@@ -1,4 +1,4 @@
-"""Prometheus metrics at `GET /metrics`: serving signals and the planned GPUs' gauges.
+"""Prometheus metrics at `GET /metrics`: serving signals, event-loop stalls and the planned GPUs' gauges.
 
 Everything is read at scrape time, from `Stats` and from NVML (or the fake
 inventory), so serving a request costs nothing extra. Needs the optional
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gpuserve.devices import SourceUnavailable, source_for
 from gpuserve.health import ReplicaState
+from gpuserve.loopwatch import INTERVAL_S, LoopWatch
 from gpuserve.stats import Stats
 
 if TYPE_CHECKING:
@@ -122,6 +123,26 @@ class ReplicaCollector:
         yield from (ready, states, restarts, stuck, abandoned)
 
 
+class LoopCollector:
+    """How long the event loop went without a break (`gpuserve.loopwatch`)."""
+
+    def __init__(self, watch: LoopWatch) -> None:
+        self._watch = watch
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
+        stalls = HistogramMetricFamily(
+            "gpuserve_event_loop_stall_seconds",
+            f"Time the event loop ran without a break, checked every {INTERVAL_S * 1000:g} ms (CPU time of the "
+            "process over the gap, so waiting for a CPU does not count)",
+        )
+        stalls.add_metric([], self._watch.buckets(), self._watch.total_s)
+        longest = GaugeMetricFamily("gpuserve_event_loop_stall_longest_seconds", "The longest stall so far")
+        longest.add_metric([], self._watch.longest_s)
+        yield from (stalls, longest)
+
+
 class GpuCollector:
     """Memory and utilisation of the planned GPUs, by UUID."""
 
@@ -168,6 +189,7 @@ def add_metrics_route(app: web.Application, state: "ServerState") -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServingCollector(state.batcher.read_stats))
     registry.register(ReplicaCollector(state))
+    registry.register(LoopCollector(state.loop_watch))
     planned = [d.uuid for d in state.deployment.kind.local_gpus()]
     if planned:
         registry.register(GpuCollector(planned, state.deployment.base_env))

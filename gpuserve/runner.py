@@ -6,6 +6,8 @@ be built), end the process with one line and a non-zero status (no traceback,
 no signal sent to itself); SIGINT and SIGTERM stop it in order
 (`lifecycle.py`), within `--drain-timeout`: should anything in the process
 refuse to end, it exits anyway `EXIT_MARGIN_S` after the budget.
+It listens with the backlog, connection limit, timeouts and TLS of the settings
+(`protocols/connections.py`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ import os
 import signal
 import threading
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from gpuserve import lifecycle
 from gpuserve.eventloop import new_event_loop
+from gpuserve.protocols.connections import (
+    ConnectionLimits,
+    ListeningSite,
+    default_max_connections,
+    open_file_limit,
+    tls_context,
+)
 from gpuserve.settings import Settings
 from gpuserve.state import EXIT_MARGIN_S, STATE, ServerState
 
@@ -30,12 +39,16 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Who, what, the answer, its size, the time taken, and the request's id (as the response carries it).
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs id=%{X-Request-ID}o'
 access_log = logging.getLogger("gpuserve.access")
+SERVER_NAME = "gpuserve"  # the `Server` header: no versions for a scanner to match
 
 
 def serve(app: web.Application, settings: Settings) -> str | None:
     """Serve `app` until stopped; None after a clean stop, else why it could not serve."""
     # A crash in native code (a segfault, an abort) at least leaves every thread's traceback on stderr.
     faulthandler.enable(all_threads=True)
+    # aiohttp's default for the header, in every response it writes (its own
+    # answers to malformed requests too), names Python's version and its own.
+    web_response.SERVER_SOFTWARE = SERVER_NAME
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -61,17 +74,24 @@ async def _serve(app: web.Application, settings: Settings) -> str | None:
         access_log_format=ACCESS_LOG_FORMAT,
         handler_cancellation=True,  # a client that leaves cancels its request
         shutdown_timeout=state.stop.http_s,  # the batcher has answered every request by then
+        keepalive_timeout=settings.keepalive_timeout,
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            site = ListeningSite(runner, settings.host, settings.port, _limits(settings), room=state.batcher.below_half)
+        except OSError as exc:  # ssl.SSLError is one
+            state.fail(f"cannot serve HTTPS with --ssl-certfile {settings.ssl_certfile} and --ssl-keyfile "
+                       f"{settings.ssl_keyfile}: {exc}")
+            return state.failure
         try:
             await site.start()
         except OSError as exc:
             state.fail(_cannot_listen(settings, exc))
         else:
             host, port = runner.addresses[0][:2]
-            log.info("serving on http://%s:%d", host, port)
+            log.info("serving on %s://%s:%d (at most %d connections)", "https" if settings.ssl_certfile else "http",
+                     host, port, site.limits.max_connections)
             await stop.wait()
             state.begin_stop(loop.time())
             _exit_at_the_latest(state.stop.total_s + EXIT_MARGIN_S, state)
@@ -98,6 +118,17 @@ def _exit_at_the_latest(seconds: float, state: ServerState) -> None:
     timer = threading.Timer(seconds, force)
     timer.daemon = True
     timer.start()
+
+
+def _limits(settings: Settings) -> ConnectionLimits:
+    """Connection limits from the settings, with the open-file limit raised as far as it goes."""
+    tls = tls_context(settings.ssl_certfile, settings.ssl_keyfile) if settings.ssl_certfile else None
+    files = open_file_limit()
+    most = settings.max_connections or default_max_connections(files)
+    if most > default_max_connections(files):
+        log.warning("--max-connections %d leaves the server few of its %d open files: past them, new "
+                    "connections are refused by the kernel without an answer", most, files)
+    return ConnectionLimits(settings.backlog, most, settings.header_timeout, tls)
 
 
 def _cannot_listen(settings: Settings, exc: OSError) -> str:

@@ -2,8 +2,9 @@
 
 `create_app` is the facade; `runner.serve` runs what it returns. The pieces:
 `state.py` (what handlers read), `lifecycle.py` (start and stop in order),
-`protocols/` (routes), `metrics.py` (`/metrics`), and `gpuserve.plugins`
-hooks, which receive the application before it starts.
+`protocols/` (routes, and the guards every route goes through: keys, hosts,
+ops routes), `metrics.py` (`/metrics`), and `gpuserve.plugins` hooks, which
+receive the application before it starts.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from gpuserve.batching import Batcher, StreamLimits
 from gpuserve.deployment import Deployment
 from gpuserve.metrics import add_metrics_route
 from gpuserve.pool import DevicePool
+from gpuserve.protocols.guards import GUARDS, Guards, middleware
 from gpuserve.protocols.kserve_v2 import add_v2_routes
 from gpuserve.protocols.native import add_fallback_route, add_native_routes
+from gpuserve.protocols.offload import DecodeWorker
 from gpuserve.protocols.openapi import add_openapi_routes
 from gpuserve.protocols.streaming import add_stream_routes
 from gpuserve.registry import PLUGINS_GROUP
@@ -38,16 +41,22 @@ def _load_plugins(app: web.Application) -> None:
 
 
 def create_app(deployment: Deployment) -> web.Application:
+    """The application; `DeclarationError` when a setting cannot be used (an unreadable key file)."""
     settings = deployment.settings
+    guards = Guards.from_settings(settings, deployment.base_env)
     pool = DevicePool(deployment.executors(), max_build_failures=settings.max_build_failures)
     limits = StreamLimits(settings.max_streams, settings.stream_timeout, settings.stream_gap_timeout)
     batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size, timeout=settings.timeout,
                       call_timeout=settings.call_timeout, stream_limits=limits)
-    app = web.Application(client_max_size=settings.max_body_size)
+    app = web.Application(client_max_size=settings.max_body_size, middlewares=[middleware(guards)])
+    app[GUARDS] = guards
     app[STATE] = ServerState(deployment, pool, batcher, StopBudget(settings.drain_timeout))
     app.on_shutdown.append(lifecycle.drain)
     app.cleanup_ctx.append(lifecycle.replicas)
-    add_native_routes(app, app[STATE])
+    offload = DecodeWorker(deployment.service_ref, deployment.base_env) if settings.off_loop_decode_size else None
+    if offload is not None:
+        app.on_cleanup.append(lambda _: offload.stop())
+    add_native_routes(app, app[STATE], offload)
     add_stream_routes(app, app[STATE])
     add_openapi_routes(app, app[STATE])
     add_v2_routes(app, app[STATE])

@@ -5,6 +5,7 @@ Built once at the top (the CLI); nothing below reads `os.environ` for them.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,30 @@ def _check(predicate: Callable[[Any], bool], valid: str) -> Callable[[Any, attrs
 
 _port = _check(lambda v: 0 <= v <= 65535, "a port number 0..65535")
 _positive = _check(lambda v: v > 0, "a number > 0")
+_not_negative = _check(lambda v: v >= 0, "a number >= 0")
+
+
+class OpsRoutes(str, enum.Enum):
+    """Who may read the routes that describe the server: `/stats`, `/metrics`, `/docs`, `/openapi.json`."""
+
+    OPEN = "open"  # anyone
+    KEY = "key"  # whoever may call the APIs: the API key when one is set, else anyone
+    OFF = "off"  # nobody: not served
+
+    @classmethod
+    def parse(cls, value: "OpsRoutes | str") -> "OpsRoutes":
+        try:
+            return cls(value)
+        except ValueError:
+            raise DeclarationError(
+                f"ops_routes={value!r} is invalid: expected one of {', '.join(o.value for o in cls)}"
+            ) from None
+
+
+def _names(value: "str | tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    """A comma-separated list (as a flag or a variable gives it) or a sequence, as lower-case names."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(name.strip().lower() for name in items if name.strip())
 
 
 @attrs.frozen
@@ -54,6 +79,34 @@ class Settings:
     # Builds of one replica that may fail in a row before the server counts as failed.
     max_build_failures: int = attrs.field(default=5, validator=_positive)
     exit_on_failure: bool = True  # a failed server exits non-zero (else it stays up, answering 503)
+    # -- what clients may ask --------------------------------------------------------------
+    max_request_timeout: float | None = attrs.field(default=None, validator=_positive)  # None: `timeout`
+    off_loop_decode_size: int = attrs.field(default=1 * MiB, validator=_not_negative)  # 0: never
+    # -- connections -----------------------------------------------------------------------
+    backlog: int = attrs.field(default=2048, validator=_positive)  # the kernel caps it at somaxconn
+    max_connections: int | None = attrs.field(default=None, validator=_positive)  # None: from the fd limit
+    header_timeout: float = attrs.field(default=10.0, validator=_positive)  # a request's head, from its first byte
+    body_timeout: float = attrs.field(default=30.0, validator=_positive)  # a request's body, from its head
+    keepalive_timeout: float = attrs.field(default=75.0, validator=_positive)  # an idle connection
+    # -- who may call what -----------------------------------------------------------------
+    api_key: str | None = attrs.field(default=None, repr=False)
+    api_key_file: str | None = None  # one key per line
+    ops_routes: OpsRoutes = attrs.field(default=OpsRoutes.KEY, converter=OpsRoutes.parse)
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_names)  # empty: any Host
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    debug_errors: bool = False  # error bodies with tracebacks and unredacted messages
+    # -- the CPU -----------------------------------------------------------------------------
+    cpu_threads: int | None = attrs.field(default=None, validator=_not_negative)  # None: derived; 0: framework's
+
+    def __attrs_post_init__(self) -> None:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise DeclarationError("TLS needs both ssl_certfile and ssl_keyfile (--ssl-certfile, --ssl-keyfile)")
+
+    @property
+    def request_timeout_cap(self) -> float:
+        """The longest deadline a request may ask for with its own header."""
+        return self.max_request_timeout if self.max_request_timeout is not None else self.timeout
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> "Settings":

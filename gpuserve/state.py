@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gpuserve.batching import Batcher, Reason
 from gpuserve.deployment import Deployment
+from gpuserve.loopwatch import LoopWatch
 from gpuserve.pool import DevicePool
 
 log = logging.getLogger("gpuserve")
@@ -74,6 +75,7 @@ class ServerState:
     stop: StopBudget
     failure: str | None = None  # why the server cannot serve (replicas failed to build, dispatcher died)
     on_failure: Callable[[str], None] | None = None  # e.g. the runner stops the server
+    loop_watch: LoopWatch = attrs.Factory(LoopWatch)  # how long the event loop goes without a break
     accepting: bool = attrs.field(init=False)
     stopping: bool = False
 

@@ -101,8 +101,10 @@ def test_a_latency_model_that_refuses_everything_still_learns_the_device_got_fas
 
 
 def test_server_wide_timeout_gives_504_and_the_header_overrides_it(tmp_path):
-    # The call limit is raised above the deadline: the executor is held on purpose.
-    with serve_batching(tmp_path, "--timeout", "0.5", "--call-timeout", "30") as server, held(server, tmp_path) as gate:
+    # The call limit is raised above the deadline: the executor is held on purpose. A request may ask
+    # for more than the server's default only up to --max-request-timeout.
+    with serve_batching(tmp_path, "--timeout", "0.5", "--call-timeout", "30", "--max-request-timeout", "10") \
+            as server, held(server, tmp_path) as gate:
         patient = post_all(server, "work", ["patient"], headers={"X-Request-Timeout": "10"})[0]
         reply, took = timed_post(server, "work", "impatient")
         # A deadline may fire up to the loop timers' resolution (1 ms) early.

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))  # `benchmarks` runs from the repository root; it 
 
 from benchmarks import loadgen, report, streaming  # noqa: E402
 from benchmarks.__main__ import SCHEMA  # noqa: E402
-from benchmarks.config import SCENARIOS  # noqa: E402
+from benchmarks.config import DEFAULT_SCENARIOS  # noqa: E402
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +47,8 @@ def _png(path: Path) -> bool:
 def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--duration", "0.3", "--concurrency", "1,4",
-         "--backends", "torch", "--loadgen", "python", "--scenarios", ",".join(s for s in SCENARIOS if s != "chaos"),
+         "--backends", "torch", "--loadgen", "python",
+         "--scenarios", ",".join(s for s in DEFAULT_SCENARIOS if s != "chaos"),
          "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -65,7 +66,9 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert document["cpu_only"] == (not document["environment"]["gpus"])
 
     results = document["results"]
-    assert {"device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet"} <= results.keys()
+    assert {"device", "serve", "baseline", "v2", "streaming", "scaling", "hotpath", "resnet", "overload",
+            "threads"} <= results.keys()
+    assert "soak" not in results  # ten minutes: only when asked for
     assert results["device"]["points"] and all(DEVICE_KEYS <= p.keys() for p in results["device"]["points"])
     assert {p["model"] for p in results["device"]["points"]} == {"mlp", "conv"}
     for side, workloads in (("serve", {"echo", "echo_batched", "echo_access_log", "mlp", "mlp_batched",
@@ -82,9 +85,18 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert net["offline_items_per_s"] > 0 and net["served_items_per_s"] > 0 and net["ratio"] > 0
     assert net["dtype"] == ("float16" if document["environment"]["gpus"] else "float32")
 
+    overload = results["overload"]
+    assert {(r["layout"], r["clients"]) for r in overload["rows"]} == {
+        (layout, clients) for layout in ("threads", "processes") for clients in (64, 4 * 32, 20 * 32)}
+    for row in overload["rows"]:  # every request sent is accounted for, by its fate
+        assert sum(row["outcomes"].values()) == row["requests"] > 0 and row["server_rss_mib"] > 0
+    assert len(overload["ratios"]) == 2 * 2 * 2  # layouts x multiples x what clients do with Retry-After
+    assert [r["workload"] for r in results["threads"]["rows"]] == ["example_derived", "example_torch_default"]
+
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
     assert all(r["rps_ratio"] > 0 for r in document["ratios"])
-    assert len(document["targets"]) == 15  # the chaos scenario's five are not measured here
+    # The chaos scenario's five are not measured here; per overload point: goodput, answers.
+    assert len(document["targets"]) == 15 + 8 * 2
     v2 = results["v2"]  # the v2 protocol beside raw aiohttp and the hand-written batcher (Triton only when given)
     assert {(r["workload"], r["against"]) for r in v2["ratios"]} == {
         ("image_v2", "image"), ("mlp_native", "mlp_batched"), ("mlp_v2_json", "mlp_batched"),
@@ -98,8 +110,28 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
     assert all(STREAMING_KEYS <= r.keys() and r["values_per_s"] > 0 and r["errors"] == 0 for r in streamed)
     assert len(results["streaming"]["ratios"]) == 2 * 2
     assert set(document["plots"]) == {"device_throughput.png", "device_memory.png", "serve_latency.png",
-                                      "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png"}
+                                      "serve_throughput.png", "gpuserve_vs_baseline.png", "scaling.png",
+                                      "overload.png"}
     assert all(_png(run_dir / name) for name in document["plots"])
+
+
+
+def test_a_tiny_soak_reports_each_interval_and_its_drift(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--duration", "0.5", "--scenarios", "soak",
+         "--loadgen", "python", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = tmp_path.iterdir()
+    document = json.loads((run_dir / "results.json").read_text())
+    soak = document["results"]["soak"]
+    assert 0 < soak["rate_rps"] < soak["capacity_rps"]
+    assert len(soak["intervals"]) == 3 and all(i["server_rss_mib"] for i in soak["intervals"])
+    assert sum(sum(i["answers"].values()) for i in soak["intervals"]) == soak["sent"]
+    assert {c["target"] for c in document["targets"] if c["value"] is not None} == {
+        "soak RSS, last minute / first minute", "soak p99, last minute / first minute"}
+    assert document["plots"] == ["soak.png"] and _png(run_dir / "soak.png")
 
 
 SERVED = ("echo", "echo_batched", "mlp", "mlp_batched", "mlp_batched_process")

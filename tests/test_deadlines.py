@@ -1,13 +1,24 @@
-"""One timer for every request's deadline: on time, in any order, and nothing held for long."""
+"""One timer for every request's deadline: on time, in any order, and nothing held for long:
+a settled request lets go of its arguments and answer at once, whatever is still pending."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import threading
+import weakref
 from typing import Any
 
 import pytest
 
+import gpuserve
+from gpuserve.batching import Batcher
 from gpuserve.deadlines import RESOLUTION_S, SWEEP_AT_LEAST, Deadlines
+from gpuserve.deployment import prepare
+from gpuserve.pool import DevicePool
+from gpuserve.service import spec_of
+from gpuserve.settings import Settings
 
 SLACK_S = 0.05  # how late a busy test machine may run a timer
 
@@ -77,3 +88,51 @@ async def test_without_a_default_only_own_timeouts_are_kept():
     await asyncio.sleep(0.05 + SLACK_S)
     assert own.expired_at is not None
     assert len(deadlines) == 0
+
+
+class Blob:
+    """An argument, and an answer, that can be watched for being let go."""
+
+
+def _answer(result: Any) -> Blob:
+    return Blob()
+
+
+@gpuserve.service(backend="cpu")
+class Waits:
+    # Unannotated: these take Python objects in-process, which no JSON body could carry.
+    @gpuserve.api
+    def wait(self, gate):
+        gate.wait(30)
+
+    @gpuserve.api
+    def take(self, blob):
+        return None
+
+
+async def test_a_settled_request_lets_go_of_its_arguments_and_answer_behind_a_live_one():
+    deployment = prepare(spec_of(Waits), Settings(instances_per_device=2), dict(os.environ))
+    pool = DevicePool(deployment.executors())
+    await pool.start()
+    batcher = Batcher(deployment.spec.apis.values(), pool, timeout=60.0)
+    batcher.start(on_failure=lambda exc: None)
+    gate = threading.Event()
+    try:
+        stuck = batcher.submit("wait", {"gate": gate}, _answer)  # first in the deadline FIFO, live throughout
+        let_go = []
+        for _ in range(SWEEP_AT_LEAST // 4):  # fewer than a sweep would forget
+            blob = Blob()
+            future = batcher.submit("take", {"blob": blob}, _answer)
+            answer = await future
+            let_go += [weakref.ref(blob), weakref.ref(answer)]
+            del blob, future, answer
+        # The test's runner may hold the value that last woke the test: let that be an untracked answer.
+        await batcher.submit("take", {"blob": None}, _answer)
+        gc.collect()
+        assert not stuck.done()
+        assert all(ref() is None for ref in let_go)
+    finally:
+        gate.set()
+        await stuck
+        await batcher.close()
+        await pool.stop(5.0)

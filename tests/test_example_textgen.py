@@ -75,7 +75,8 @@ def test_a_request_is_one_stream(textgen):
 
 def test_the_readme_shows_what_the_server_streams(textgen):
     readme = (EXAMPLE / "README.md").read_text()
-    body, shown = re.search(r"\$ (curl -N localhost:3000/generate -d '(.*?)')\n(.*?)\n```", readme, re.S).group(2, 3)
+    shell = r"\$ (curl -N localhost:3000/generate -H 'Content-Type: application/json' -d '(.*?)')\n(.*?)\n```"
+    body, shown = re.search(shell, readme, re.S).group(2, 3)
     with Stream(textgen, "generate", json.loads(body)) as stream:
         sent = stream.response.read().decode()
     assert sent.strip() == shown.strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -167,7 +168,9 @@ def test_errors_reach_the_client_with_the_servers_message(client, call, status, 
 
 def post(server, path, header, binary=b"", header_length=None):
     head = json.dumps(header).encode()
-    headers = {"Inference-Header-Content-Length": str(len(head) if header_length is None else header_length)}
+    # urllib would call the body a form, which inference routes refuse (415): say what it is, as clients do.
+    headers = {"Inference-Header-Content-Length": str(len(head) if header_length is None else header_length),
+               "Content-Type": "application/octet-stream"}
     request = urllib.request.Request(server.url + path, data=head + binary, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -219,3 +222,18 @@ def test_not_ready_is_503_with_a_json_error(tmp_path):
             assert c.is_server_live() and not c.is_server_ready()
         reply = starting.get("v2/health/ready")
         assert reply.status == 503 and "not ready" in reply.body["error"]
+
+
+@pytest.mark.parametrize("content_type, status", [
+    ("application/octet-stream", 200), ("application/json", 200), (None, 200),  # tritonclient sends none
+    ("text/plain", 415), ("application/x-www-form-urlencoded", 415),  # what any web page may post anywhere
+])
+def test_inference_takes_binary_and_json_bodies_and_refuses_forms_and_text(server, content_type, status):
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+    try:  # http.client sends no Content-Type unless told, as tritonclient
+        connection.request("POST", "/v2/models/scale/infer", body=body,
+                           headers={} if content_type is None else {"Content-Type": content_type})
+        assert connection.getresponse().status == status
+    finally:
+        connection.close()

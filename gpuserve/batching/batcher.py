@@ -69,38 +69,68 @@ class Batcher:
         self._refusal = (Reason.SHUTTING_DOWN, "the server is shutting down")  # what a closed door says
 
     # -- the request side ----------------------------------------------------------
+    def admit(self, api_name: str) -> bool:
+        """Decide at the door whether a request of `api_name` may be queued, before its body is read.
+
+        Raises `Refused` (shutting down, failed, queue full, cannot meet
+        `max_latency_ms`), else returns whether it is admitted only as a probe
+        of the latency model: pass that to `submit` as `probe`. Nothing here
+        depends on what the request carries, so a refusal costs no reading
+        and no decoding.
+        """
+        return self._decide(self._queues[api_name], asyncio.get_running_loop().time())
+
+    def below_half(self, api_name: str) -> int:
+        """How many requests the API's queue would take before it is half full (0 when it is fuller)."""
+        queue = self._queues[api_name]
+        return max(queue.limit // 2 - queue.depth, 0)
+
+    def _decide(self, queue: ApiQueue, now: float) -> bool:
+        depth = self._room(queue, now)
+        policy = queue.policy
+        return depth >= policy.admit_below and self._admission.check(policy, depth, now, queue.stats)
+
+    def _room(self, queue: ApiQueue, now: float) -> int:
+        """The queue's depth; raises `Refused` when the server is stopping or the queue is full."""
+        if not self.accepting:
+            reason, message = self._refusal
+            queue.stats.refusals[reason.value] += 1
+            raise Refused(reason, message, retry_after=1)
+        depth = queue.checked_depth(now)
+        if depth >= queue.limit:
+            queue.stats.refusals[Reason.QUEUE_FULL.value] += 1
+            raise Refused(
+                Reason.QUEUE_FULL,
+                f"queue of {queue.api.name!r} is full ({queue.limit} waiting)",
+                retry_after=self._admission.retry_after(queue.policy, depth),
+            )
+        return depth
+
     def submit(
         self, api_name: str, kwargs: dict[str, Any], encoder: Encoder, timeout: float | None = None, rows: int = 1,
-        request_id: str | None = None,
+        request_id: str | None = None, *, probe: bool | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one request of `rows` rows; the future resolves to its result, encoded by `encoder`, or raises.
 
         Raises `Refused` at once (queue full, latency, shutting down, failed,
         quarantined input) instead of queueing work that cannot be served in
-        time. After `timeout` seconds (None: the batcher's default) the future
-        raises `Refused` for the deadline, wherever the item is; cancelling the
-        future (the client left) drops the item if it has not started.
-        `request_id` names the request in logs.
+        time. `probe` is what `admit`
+        decided at the door (the latency model is then not asked again; the
+        queue may have filled meanwhile, so its room is); None decides here.
+        After `timeout` seconds (None: the batcher's default) the future raises
+        `Refused` for the deadline, wherever the item is; cancelling the future
+        (the client left) drops the item if it has not started. `request_id`
+        names the request in logs.
         """
         queue = self._queues[api_name]
-        if not self.accepting:
-            reason, message = self._refusal
-            queue.stats.refusals[reason.value] += 1
-            raise Refused(reason, message, retry_after=1)
-        if queue.quarantine is not None and queue.quarantine.holds(kwargs):
-            raise refuse_quarantined(queue)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        depth = queue.checked_depth(now)
-        policy = queue.policy
-        if depth >= queue.limit:
-            queue.stats.refusals[Reason.QUEUE_FULL.value] += 1
-            raise Refused(
-                Reason.QUEUE_FULL,
-                f"queue of {api_name!r} is full ({queue.limit} waiting)",
-                retry_after=self._admission.retry_after(policy, depth),
-            )
-        probe = depth >= policy.admit_below and self._admission.check(policy, depth, now, queue.stats)
+        if probe is None:
+            probe = self._decide(queue, now)
+        else:
+            self._room(queue, now)
+        if queue.quarantine is not None and queue.quarantine.holds(kwargs):
+            raise refuse_quarantined(queue)
         future = loop.create_future()
         item = Pending(kwargs, rows, encoder, future, queue, now, probe, request_id)
         deadline = self._deadlines.default_timeout if timeout is None else timeout
@@ -160,6 +190,7 @@ class Batcher:
                 if not item.future.done():
                     queue.stats.refusals[reason.value] += 1
                     item.future.set_exception(Refused(reason, message, retry_after=1))
+                    item.release()
             queue.stats.queue_depth = 0
 
     async def drain(self, until: float) -> None:

@@ -145,6 +145,7 @@ class Dispatcher:
                     item.future.set_exception(
                         admission.late(policy, queue.depth, now, stats, predicted, now - item.enqueued)
                     )
+                    item.release()
                     continue
             item.state = TAKEN
             waited += now - item.enqueued

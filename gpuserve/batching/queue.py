@@ -3,7 +3,15 @@
 A request is answered through its future. Requests whose client left or whose
 deadline passed stay in the deque until they are popped from its front or the
 queue is swept, so the depth is kept as `len(items) - expired` and made exact
-by a sweep when it matters (a queue that looks full, a stats read).
+by a sweep when it matters (a queue that looks full, a stats read, more
+expired items than the queue's limit).
+
+A request that is settled lets go at once of what it carried: its arguments
+and its future (which holds its answer, or the exception that holds the
+handler's frame). What may still hold it for a while (the deadline timer's
+FIFO behind an older live request, the deque behind a live item) then holds a
+shell of a few hundred bytes, so memory stays bounded by the queue, however
+long the oldest live request takes.
 """
 
 from __future__ import annotations
@@ -27,6 +35,23 @@ if TYPE_CHECKING:
 # expired while it waited (still in the queue until it is popped or swept).
 QUEUED, TAKEN, EXPIRED = range(3)
 FULL_SWEEP_INTERVAL_S = 0.01  # a queue that looks full is swept for clients that left at most this often
+
+
+class _Answered:
+    """What a settled request keeps in place of its future: done, never cancelled, holding nothing."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def done() -> bool:
+        return True
+
+    @staticmethod
+    def cancelled() -> bool:
+        return False
+
+
+ANSWERED: Any = _Answered()
 
 
 def default_queue_size(api: ApiSpec, executors: int) -> int:
@@ -53,6 +78,11 @@ class Pending:
         self.probe = probe  # admitted despite the latency model, to refresh its evidence
         self.request_id = request_id  # the protocol's id of the request, for logs
         self.rerun: Rerun | None = None  # set when it runs again alone after its batch failed or was lost
+
+    def release(self) -> None:
+        """Let go of the arguments and the answer of a settled request (its handler holds the future)."""
+        self.kwargs = None  # type: ignore[assignment]
+        self.future = ANSWERED
 
 
 class ApiQueue:
@@ -87,6 +117,7 @@ class ApiQueue:
             self.expired -= 1
         else:  # the client left while it waited
             self.stats.refusals[Reason.CANCELLED.value] += 1
+            item.release()
 
     def sweep(self) -> None:
         """Forget every settled item: the depth is then exact."""

@@ -1,4 +1,8 @@
-"""Settling requests: each future gets its result, its failure or its refusal, once, and is counted."""
+"""Settling requests: each future gets its result, its failure or its refusal, once, and is counted.
+
+A settled item is released at once (`Pending.release`): its arguments and its
+answer are never held behind another request.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ def settle(batch: Sequence[Pending], result: BatchResult, stats: ApiStats) -> No
         else:
             ok += 1
             future.set_result(outcome)
+        item.release()
     outcomes = stats.outcomes
     outcomes[OK] += ok
     if failed:
@@ -41,15 +46,19 @@ def fail(batch: Sequence[Pending], exc: Exception, stats: ApiStats, outcome: str
             item.future.set_exception(exc)
         elif item.future.cancelled():
             stats.outcomes[Reason.CANCELLED.value] += 1
+        item.release()
 
 
 def expire(item: Pending) -> None:
     """The item's deadline passed before it was answered (its future is pending)."""
     item.future.set_exception(Refused(Reason.DEADLINE, f"no answer within the {item.timeout:g} s deadline"))
     queue = item.queue
-    if item.state == QUEUED:
+    if item.state == QUEUED:  # (a running item is released when its batch is settled)
+        item.release()
         item.state = EXPIRED
         queue.expired += 1
         queue.stats.refusals[Reason.DEADLINE.value] += 1
+        if queue.expired > queue.limit:  # shells behind a live item: the deque stays bounded by the queue
+            queue.sweep()
     else:  # running: the answer, when it comes, is dropped
         queue.stats.outcomes[Reason.DEADLINE.value] += 1

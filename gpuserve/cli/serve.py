@@ -11,7 +11,7 @@ from gpuserve.deployment import prepare
 from gpuserve.errors import GpuserveError
 from gpuserve.loader import load_service
 from gpuserve.service import Isolation
-from gpuserve.settings import Settings
+from gpuserve.settings import OpsRoutes, Settings
 
 log = logging.getLogger("gpuserve")
 
@@ -64,6 +64,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-exit-on-failure", dest="exit_on_failure", action="store_false", default=None,
                    help="when the server has failed, stay up answering 503 with the reason instead of "
                    "exiting with status 1 (GPUSERVE_EXIT_ON_FAILURE=false)")
+    limits = p.add_argument_group("requests and connections")
+    limits.add_argument("--max-request-timeout", type=float,
+                        help="the longest deadline a request may ask for with X-Request-Timeout; more is 400 "
+                        "(default: --timeout)")
+    limits.add_argument("--off-loop-decode-size", type=int,
+                        help="bodies of at least this many bytes are decoded in a helper process, off the event "
+                        "loop (default 1 MiB; 0: never)")
+    limits.add_argument("--backlog", type=int, help="connections the kernel may queue before they are accepted "
+                        "(default 2048, capped by net.core.somaxconn)")
+    limits.add_argument("--max-connections", type=int,
+                        help="open connections served; more are answered 503 (default: from the open-file limit, "
+                        "less room for the server's own files)")
+    limits.add_argument("--header-timeout", type=float,
+                        help="seconds a request's head may take from its first byte (default 10)")
+    limits.add_argument("--body-timeout", type=float,
+                        help="seconds a request's body may take after its head; then 408 (default 30)")
+    limits.add_argument("--keepalive-timeout", type=float,
+                        help="seconds an idle connection is kept open (default 75)")
+    access = p.add_argument_group("who may call what")
+    access.add_argument("--api-key", help="require 'Authorization: Bearer <key>' (prefer --api-key-file or "
+                        "GPUSERVE_API_KEY: a flag shows in the process list)")
+    access.add_argument("--api-key-file", help="a file of accepted keys, one per line ('#' starts a comment)")
+    access.add_argument("--ops-routes", choices=[o.value for o in OpsRoutes],
+                        help="who may read /stats, /metrics, /docs and /openapi.json: anyone (open), whoever "
+                        "may call the APIs (key, the default), nobody (off)")
+    access.add_argument("--allowed-hosts", help="comma-separated host names the Host header may carry; others "
+                        "get 421 (default: any)")
+    access.add_argument("--ssl-certfile", help="serve HTTPS with this certificate chain (PEM)")
+    access.add_argument("--ssl-keyfile", help="the private key of --ssl-certfile (PEM)")
+    access.add_argument("--debug-errors", action="store_true", default=None,
+                        help="error bodies carry tracebacks and unredacted messages (paths, environment)")
+    p.add_argument("--cpu-threads", type=int,
+                   help="intra-op threads of the framework of each CPU replica (default: the cores this process "
+                   "may use, less one for the event loop, shared by the CPU replicas; 0: the framework's own)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
 
@@ -72,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
     flags = {k: v for k, v in vars(args).items() if k not in ("service", "run", "log_level", "command")}
+    from gpuserve.runner import serve
+    from gpuserve.server import create_app
+
     try:
         settings = Settings.from_sources(flags, os.environ)
         spec = load_service(args.service)
@@ -79,12 +116,15 @@ def run(args: argparse.Namespace) -> int:
     except GpuserveError as exc:
         print(f"gpuserve: {exc}", file=sys.stderr)
         return 2
-
-    from gpuserve.runner import serve
-    from gpuserve.server import create_app
+    try:
+        app = create_app(deployment)
+    except GpuserveError as exc:
+        deployment.close()
+        print(f"gpuserve: {exc}", file=sys.stderr)
+        return 2
 
     try:
-        failure = serve(create_app(deployment), settings)
+        failure = serve(app, settings)
     finally:
         deployment.close()  # e.g. leave the Ray cluster; the replicas have stopped
     if failure is not None:

@@ -64,6 +64,7 @@ class Placement:
     devices: tuple[Device, ...]
     memory_limit: int | None = None  # this replica's planned cap, as gpuserve.context() reports it
     process_memory_fraction: float | None = None  # the cap its process applies (framework caps are per process)
+    cpu_threads: int | None = None  # the framework's intra-op threads on the CPU (None: its own default)
 
     @property
     def key(self) -> str:
@@ -80,6 +81,7 @@ class Placement:
             device=native[0] if native else None,
             devices=native,
             memory_limit=self.memory_limit,
+            cpu_threads=self.cpu_threads,
         )
 
 

@@ -113,6 +113,8 @@ class Replica:
         bind(self.ctx)
         if self.process_memory_fraction is not None:
             self.backend.limit_memory(self.ctx.planned[0], self.process_memory_fraction)
+        if self.ctx.cpu_threads:
+            self.backend.set_cpu_threads(self.ctx.cpu_threads)
         if any(api.is_async for api in self.spec.apis.values()):
             self.loop = asyncio.new_event_loop()
         with self._current_device():

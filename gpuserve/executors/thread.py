@@ -63,6 +63,7 @@ def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
         except BaseException as exc:  # handed to the awaiting coroutine
             result, error = None, exc
         loop.call_soon_threadsafe(_settle, future, result, error)
+        del job, fn, args, future, result, error  # idle, it holds nothing of the batch it ran
 
 
 class ThreadExecutor(Executor):

@@ -24,8 +24,18 @@ from aiohttp import web
 import gpuserve
 from gpuserve.batching import ItemFailed, Refused
 from gpuserve.protocols.errors import json_error, refusal
+from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, json_content, read_body
 from gpuserve.protocols.json_codec import BadRequest
-from gpuserve.protocols.native import TIMEOUT_HEADER, closing, failed, not_ready, parse_timeout, read_body
+from gpuserve.protocols.native import (
+    TIMEOUT_HEADER,
+    body_refused,
+    closing,
+    failed,
+    not_ready,
+    parse_timeout,
+    refused,
+    taking,
+)
 from gpuserve.protocols.request_ids import request_id
 from gpuserve.protocols.v2_model import DTYPES, NotATensor, Outputs, V2Model, v2_model
 from gpuserve.protocols.v2_request import Parsed, V2BadRequest, header_length, parse
@@ -115,6 +125,13 @@ def _answer(model: V2Model, parsed: Parsed, outputs: dict[str, Any], rid: str) -
     return web.Response(body=b"".join((head, *blobs)), content_type="application/octet-stream", headers=headers)
 
 
+def _v2_content(request: web.BaseRequest) -> str | None:
+    """Why an inference request's body is refused (415), or None: JSON, binary data, or no `Content-Type`."""
+    if request.headers.get("Content-Type", "").partition(";")[0].strip().lower() == "application/octet-stream":
+        return None
+    return json_content(request)
+
+
 def add_v2_routes(app: web.Application, state: ServerState) -> None:
     models: dict[str, V2Model] = {}
     unavailable: dict[str, str] = {}  # API name -> why it has no v2 form
@@ -125,6 +142,8 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             unavailable[api.name] = str(exc)
     encoders = {name: Outputs(m.outputs, m.columns, m.api.batchable) for name, m in models.items()}
     batcher = state.batcher
+    settings = state.deployment.settings
+    guards = app.get(GUARDS) or Guards()
 
     def model_of(request: web.Request) -> V2Model | web.Response:
         name = request.match_info["model"]
@@ -140,7 +159,7 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
 
     def unready(request: web.Request) -> web.Response | None:
         """For the ready routes: None while some replica can take work (as `/readyz`)."""
-        return None if state.ready else not_ready(state, request_id(request))
+        return None if state.ready else not_ready(state, guards, request_id(request))
 
     async def server_metadata(_: web.Request) -> web.Response:
         return web.json_response({"name": "gpuserve", "version": gpuserve.__version__, "extensions": EXTENSIONS})
@@ -170,22 +189,28 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
         if isinstance(found, web.Response):
             return found
         rid = request_id(request)
-        body = await read_body(request, state, rid)
-        if type(body) is not bytes:
-            return body
+        not_taken = taking(state, guards, request, rid, _v2_content)
+        if not_taken is not None:
+            return not_taken
         try:
-            parsed = parse(found, body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
             own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(found.name, parsed.kwargs, encoders[found.name],
-                                    None if own is None else parse_timeout(own), parsed.rows, rid)
+            timeout = None if own is None else parse_timeout(own, settings.request_timeout_cap)
+            probe = batcher.admit(found.name)  # before the body is read: a refusal reads nothing
+            body = await read_body(request, settings.max_body_size, settings.body_timeout)
+            parsed = parse(found, body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
+            del body
+            future = batcher.submit(found.name, parsed.kwargs, encoders[found.name], timeout, parsed.rows, rid,
+                                    probe=probe)
         except (V2BadRequest, BadRequest) as exc:
-            return json_error(400, str(exc), rid)
+            return closing(state, json_error(400, str(exc), rid))
         except Refused as exc:
-            return closing(state, refusal(exc, rid))
+            return closing(state, refused(request, exc, rid, found.name))
+        except BodyRefused as exc:
+            return body_refused(exc, rid)
         try:
             outputs = await future
         except ItemFailed as exc:
-            return closing(state, failed(found.name, rid, exc))
+            return closing(state, failed(found.name, rid, exc, guards))
         except Refused as exc:
             return closing(state, refusal(exc, rid))
         return closing(state, _answer(found, parsed, outputs, rid))

@@ -1,10 +1,17 @@
 """Native JSON routes: `POST /<api>`, `/livez`, `/readyz`, `/stats`, JSON errors.
 
-A body is checked against the API's declarations before it is queued
-(`json_codec`); a request that fails in the user's code is logged once, with
-its traceback, the API's name and the request's id. While the server stops,
-a request is answered 503 and every answer carries `Connection: close`, so
-no client sends another request on a connection about to close.
+A request is admitted or refused from its route and its queue alone, before
+its body is read (`Batcher.admit`), so overload costs no reading and no
+decoding; a connection refused for overload is not read again for a while
+(`Connection.hold`). An admitted body is read within `--body-timeout`
+(`read_body`), checked against the API's declarations (`json_codec`; in a
+helper process from `--off-loop-decode-size` on, `offload`) and queued. A
+request that fails in the user's code is logged once, with its traceback, the
+API's name and the request's id; its error body names the exception's type
+and message, without paths or environment values unless `--debug-errors`.
+While the server stops, a request is answered 503 and every answer carries
+`Connection: close`, so no client sends another request on a connection
+about to close. The helpers here serve every protocol's routes.
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from gpuserve.batching import ItemFailed, Refused
+from gpuserve.batching import ItemFailed, Reason, Refused
+from gpuserve.protocols.connections import connection_of
 from gpuserve.protocols.errors import json_error, refusal
+from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, json_content, read_body
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_json
+from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
 from gpuserve.protocols.request_ids import HEADER, request_id
 from gpuserve.service import ApiSpec
 
@@ -27,18 +37,23 @@ if TYPE_CHECKING:
     from gpuserve.state import ServerState
 
 log = logging.getLogger("gpuserve.api")
-TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline
+TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline, up to its maximum
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Refusals that say the server is overloaded: the connection is then not read again before Retry-After.
+OVERLOAD = frozenset({Reason.QUEUE_FULL, Reason.LATENCY})
 
 
-def parse_timeout(raw: str) -> float:
-    """The request's own deadline in seconds, from its header."""
+def parse_timeout(raw: str, cap: float) -> float:
+    """The request's own deadline in seconds, from its header: more than 0, at most the server's maximum."""
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not value > 0 or math.isinf(value):
         raise BadRequest(f"{TIMEOUT_HEADER}: {raw!r} is invalid: expected seconds > 0, e.g. 2.5")
+    if value > cap:
+        raise BadRequest(f"{TIMEOUT_HEADER}: {raw!r} is over this server's maximum of {cap:g} s "
+                         "(--max-request-timeout)")
     return value
 
 
@@ -49,26 +64,44 @@ def closing(state: ServerState, response: web.Response) -> web.Response:
     return response
 
 
-def not_ready(state: ServerState, rid: str) -> web.Response:
-    """503 with why no request is taken, or no replica can take work, now."""
+def not_ready(state: ServerState, guards: Guards, rid: str) -> web.Response:
+    """503 with why no request is taken, or no replica can take work, now (without paths or secrets)."""
     reason = state.readiness() or "replicas are still being built"
-    return closing(state, json_error(503, f"not ready: {reason}", rid, retry_after=1))
+    return closing(state, json_error(503, f"not ready: {guards.public(reason)}", rid, retry_after=1))
 
 
-async def read_body(request: web.Request, state: ServerState, rid: str) -> bytes | web.Response:
-    """An API request's body; or, when there is none to take, the answer: not ready (503), too large (413).
+def refused(request: web.Request, exc: Refused, rid: str, queue: str) -> web.Response:
+    """The answer to a refused request; after an overload refusal its connection is held (`Connection.hold`)."""
+    if exc.reason in OVERLOAD and exc.retry_after:
+        connection = connection_of(request)
+        if connection is not None:
+            # Let in early when its queue has room, unless it was refused for latency: room would not help.
+            let_in_by = queue if exc.reason is Reason.QUEUE_FULL else None
+            exc.retry_after = connection.hold(exc.retry_after, let_in_by)
+    return refusal(exc, rid)
+
+
+def body_refused(exc: BodyRefused, rid: str) -> web.Response:
+    """413 or 408 for a body that will not be read."""
+    response = json_error(exc.status, str(exc), rid)
+    if exc.status == 408:  # the rest of the body is still on its way: the connection cannot go on
+        response.force_close()
+    return response
+
+
+def taking(state: ServerState, guards: Guards, request: web.Request, rid: str,
+           content: Callable[[web.BaseRequest], str | None] = json_content) -> web.Response | None:
+    """None when an API request may go on to admission; else its answer: not ready (503), not JSON (415).
 
     Requests are taken while replicas are rebuilt (they wait for one), not
     before the first build, once the server failed, nor while it stops.
     """
     if not state.accepting:
-        return not_ready(state, rid)
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(
-            413, f"request body is larger than {state.deployment.settings.max_body_size} bytes (--max-body-size)", rid
-        )
+        return not_ready(state, guards, rid)
+    wrong_type = content(request)
+    if wrong_type is not None:
+        return json_error(415, wrong_type, rid)
+    return None
 
 
 def log_failure(name: str, rid: str, exc: ItemFailed, where: str = "") -> None:
@@ -78,42 +111,63 @@ def log_failure(name: str, rid: str, exc: ItemFailed, where: str = "") -> None:
               failure.traceback.rstrip())
 
 
-def failed(name: str, rid: str, exc: ItemFailed) -> web.Response:
+def failed(name: str, rid: str, exc: ItemFailed, guards: Guards) -> web.Response:
     """The answer to a call that raised (500, naming the exception's type), logged."""
     log_failure(name, rid, exc)
-    return json_error(500, f"{name!r} failed: {exc}", rid, type=exc.failure.type)
+    extra = {"traceback": exc.failure.traceback} if guards.debug_errors else {}
+    return json_error(500, f"{name!r} failed: {guards.public(str(exc))}", rid, type=exc.failure.type, **extra)
 
 
-def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
+def _api_handler(api: ApiSpec, state: ServerState, guards: Guards, offload: DecodeWorker | None) -> Handler:
+    settings = state.deployment.settings
     batcher = state.batcher
     name = api.name
     decode = argument_decoder(api)
+    max_body, body_timeout = settings.max_body_size, settings.body_timeout
+    timeout_cap = settings.request_timeout_cap
+    off_loop = settings.off_loop_decode_size if offload is not None else 0
 
     async def handle(request: web.Request) -> web.Response:
         rid = request_id(request)
-        body = await read_body(request, state, rid)
-        if type(body) is not bytes:
-            return body
+        not_taken = taking(state, guards, request, rid)
+        if not_taken is not None:
+            return not_taken
         try:
-            kwargs, rows = decode(body)
+            own = request.headers.get(TIMEOUT_HEADER)
+            timeout = None if own is None else parse_timeout(own, timeout_cap)
+            # Decided from the route and the queue alone: a refusal reads and decodes nothing.
+            probe = batcher.admit(name)
+            body = await read_body(request, max_body, body_timeout)
+            if off_loop and len(body) >= off_loop:
+                kwargs, rows = await offload.decode(name, body)  # type: ignore[union-attr]
+            else:
+                kwargs, rows = decode(body)
+            del body
             # The batcher keeps the deadline (this one, or the server's default)
             # on the event loop, apart from the executor: a stuck device cannot
             # make a request late.
-            own = request.headers.get(TIMEOUT_HEADER)
-            future = batcher.submit(name, kwargs, encode_json, None if own is None else parse_timeout(own), rows,
-                                    rid)
+            future = batcher.submit(name, kwargs, encode_json, timeout, rows, rid, probe=probe)
         except BadRequest as exc:
-            return json_error(400, str(exc), rid, errors=exc.errors)
+            return closing(state, json_error(400, str(exc), rid, errors=exc.errors))
         except Refused as exc:
-            return closing(state, refusal(exc, rid))
+            return closing(state, refused(request, exc, rid, name))
+        except BodyRefused as exc:
+            return body_refused(exc, rid)
+        except OffloadFailed as exc:
+            log.error("request %s: %s", rid, exc)
+            return closing(state, json_error(503, str(exc), rid, retry_after=1))
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the request if it has not started.
         try:
             payload = await future  # JSON bytes, encoded in the executor
         except ItemFailed as exc:
-            return closing(state, failed(name, rid, exc))
+            return closing(state, failed(name, rid, exc, guards))
         except Refused as exc:
             return closing(state, refusal(exc, rid))
+        finally:
+            # An exception the future holds has this frame in its traceback: let go
+            # of it now, or the body and request stay until a garbage collection.
+            del future
         response = web.Response(body=payload, headers={"Content-Type": "application/json", HEADER: rid})
         if state.stopping:
             response.force_close()
@@ -122,7 +176,10 @@ def _api_handler(api: ApiSpec, state: ServerState) -> Handler:
     return handle
 
 
-def add_native_routes(app: web.Application, state: ServerState) -> None:
+def add_native_routes(app: web.Application, state: ServerState, offload: DecodeWorker | None = None) -> None:
+    """The native routes; `offload` decodes bodies of at least `--off-loop-decode-size` bytes (None: none)."""
+    guards = app.get(GUARDS) or Guards()
+
     async def livez(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -132,7 +189,8 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
         states = {key: health["state"] for key, health in state.pool.health_snapshot().items()}
         reason = state.readiness()
         if reason is not None:
-            response = json_error(503, f"not ready: {reason}", request_id(request), retry_after=1, states=states)
+            response = json_error(503, f"not ready: {guards.public(reason)}", request_id(request), retry_after=1,
+                                  states=states)
             return closing(state, response)
         replacing = state.pool.replacing
         if not replacing:
@@ -149,7 +207,7 @@ def add_native_routes(app: web.Application, state: ServerState) -> None:
     app.router.add_get("/stats", stats)
     for api in state.deployment.spec.apis.values():
         if not api.streams:  # streaming APIs: `protocols/streaming.py`
-            app.router.add_post(f"/{api.name}", _api_handler(api, state))
+            app.router.add_post(f"/{api.name}", _api_handler(api, state, guards, offload))
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:

@@ -41,12 +41,17 @@ ERROR_SCHEMA = {
     "required": ["error"],
 }
 _ERRORS = {
-    "400": "The body is not valid JSON, or its arguments do not match the API's declarations (each named)",
+    "400": "The body is not valid JSON, or its arguments do not match the API's declarations (each named), or "
+           "X-Request-Timeout is not seconds up to the server's maximum",
+    "401": "The server asks for an API key: send `Authorization: Bearer <key>`",
+    "408": "The body took longer than the server allows (--body-timeout)",
     "413": "The body is larger than the server's limit (--max-body-size)",
+    "415": "The body says it is not JSON (Content-Type); send application/json, or no Content-Type",
+    "421": "The server does not answer for this Host (--allowed-hosts)",
     "422": "This input crashed the service's replicas twice before: it is refused without running",
     "500": "The API's code raised (`type` names the exception), or this request's input crashed its replica",
-    "503": "Not ready, queue full, too many streams open, cannot meet max_latency_ms, executor lost, failed or "
-           "shutting down: retry after Retry-After seconds",
+    "503": "Not ready, queue full, too many streams open, cannot meet max_latency_ms, too many connections, "
+           "executor lost, failed or shutting down: retry after Retry-After seconds",
     "504": "The request's deadline passed (--timeout, or its X-Request-Timeout header), or the model's call "
            "ran past its limit (call_timeout) and was stopped",
 }

@@ -38,7 +38,18 @@ from gpuserve.batching import ItemFailed, Refused, Stream
 from gpuserve.outcomes import Encoder
 from gpuserve.protocols.errors import json_error, refusal
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_event, encode_line
-from gpuserve.protocols.native import TIMEOUT_HEADER, Handler, failed, log_failure, parse_timeout, read_body
+from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, read_body
+from gpuserve.protocols.native import (
+    TIMEOUT_HEADER,
+    Handler,
+    body_refused,
+    closing,
+    failed,
+    log_failure,
+    parse_timeout,
+    refused,
+    taking,
+)
 from gpuserve.protocols.request_ids import HEADER, request_id
 from gpuserve.service import ApiSpec
 
@@ -88,43 +99,49 @@ def negotiate(accept: str | None) -> StreamFormat | None:
     return best
 
 
-def _stream_handler(api: ApiSpec, state: ServerState) -> Handler:
+def _stream_handler(api: ApiSpec, state: ServerState, guards: Guards) -> Handler:
     batcher = state.batcher
+    settings = state.deployment.settings
     name = api.name
     decode = argument_decoder(api)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         rid = request_id(request)
-        body = await read_body(request, state, rid)
-        if type(body) is not bytes:
-            return body
+        not_taken = taking(state, guards, request, rid)
+        if not_taken is not None:
+            return not_taken
         form = negotiate(request.headers.get("Accept"))
         if form is None:
             return json_error(406, f"{name!r} streams: accept one of {list(OFFERED)}", rid, allowed=list(OFFERED))
         try:
-            kwargs, rows = decode(body)
             own = request.headers.get(TIMEOUT_HEADER)
-            timeout = None if own is None else parse_timeout(own)
+            timeout = None if own is None else parse_timeout(own, settings.request_timeout_cap)
+            probe = batcher.admit(name)  # before the body is read: a refusal reads nothing
+            body = await read_body(request, settings.max_body_size, settings.body_timeout)
+            kwargs, rows = decode(body)
+            del body
             batcher.open_stream(name)
         except BadRequest as exc:
-            return json_error(400, str(exc), rid, errors=exc.errors)
+            return closing(state, json_error(400, str(exc), rid, errors=exc.errors))
         except Refused as exc:
-            return refusal(exc, rid)
+            return closing(state, refused(request, exc, rid, name))
+        except BodyRefused as exc:
+            return body_refused(exc, rid)
         try:
             try:
                 # A client that leaves before the first value cancels this handler and
                 # so the future: the batcher drops the request, or the replica its stream.
-                future = batcher.submit(name, kwargs, form.encoder, timeout, rows)
+                future = batcher.submit(name, kwargs, form.encoder, timeout, rows, rid, probe=probe)
                 stream = await future
             except ItemFailed as exc:
-                return failed(name, rid, exc)
+                return closing(state, failed(name, rid, exc, guards))
             except Refused as exc:
-                return refusal(exc, rid)
+                return closing(state, refusal(exc, rid))
             except asyncio.CancelledError:
                 _leave_unread(future)
                 raise
             try:
-                return await _send(request, stream, form, name, rid)
+                return await _send(request, stream, form, name, rid, guards)
             finally:
                 stream.close()  # over, or its client left: it stops taking part
         finally:
@@ -140,7 +157,8 @@ def _leave_unread(future: asyncio.Future[Stream]) -> None:
         future.result().close()
 
 
-async def _send(request: web.Request, stream: Stream, form: StreamFormat, name: str, rid: str) -> web.StreamResponse:
+async def _send(request: web.Request, stream: Stream, form: StreamFormat, name: str, rid: str,
+                guards: Guards) -> web.StreamResponse:
     response = web.StreamResponse(headers={HEADER: rid, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response.content_type = form.content_type
     await response.prepare(request)  # sent with the first value: it is here already
@@ -149,23 +167,27 @@ async def _send(request: web.Request, stream: Stream, form: StreamFormat, name: 
         await write(values[0] if len(values) == 1 else b"".join(values))
     error = stream.error
     if error is not None:
-        await write(form.error(orjson.dumps(_error_body(name, rid, error))))
+        await write(form.error(orjson.dumps(_error_body(name, rid, error, guards))))
     if form.end:
         await write(form.end)
     await response.write_eof()
     return response
 
 
-def _error_body(name: str, rid: str, error: ItemFailed | Refused) -> dict[str, Any]:
+def _error_body(name: str, rid: str, error: ItemFailed | Refused, guards: Guards) -> dict[str, Any]:
     if isinstance(error, ItemFailed):
         log_failure(name, rid, error, " mid-stream")
-        return {"error": f"{name!r} failed: {error}", "type": error.failure.type, "request_id": rid}
+        body = {"error": f"{name!r} failed: {guards.public(str(error))}", "type": error.failure.type, "request_id": rid}
+        if guards.debug_errors:
+            body["traceback"] = error.failure.traceback
+        return body
     log.warning("the stream of %r for request %s ended early: %s", name, rid, error)
     return {"error": str(error), "reason": error.reason.value, "request_id": rid}
 
 
 def add_stream_routes(app: web.Application, state: ServerState) -> None:
     """`POST /<api>` for each streaming API (the others are `native.py`'s)."""
+    guards = app.get(GUARDS) or Guards()
     for api in state.deployment.spec.apis.values():
         if api.streams:
-            app.router.add_post(f"/{api.name}", _stream_handler(api, state))
+            app.router.add_post(f"/{api.name}", _stream_handler(api, state, guards))

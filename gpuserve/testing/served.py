@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,12 +41,16 @@ class Reply:
 
 
 def request(url: str, body: bytes | dict | None = None, *, method: str | None = None,
-            headers: Mapping[str, str] | None = None, timeout: float = 30) -> Reply:
+            headers: Mapping[str, str] | None = None, timeout: float = 30,
+            tls: ssl.SSLContext | None = None) -> Reply:
     data = json.dumps(body).encode() if isinstance(body, dict) else body
+    # urllib calls any body a form unless told: JSON routes refuse forms (415).
+    sent = {"Content-Type": "application/json"} if data is not None else {}
+    sent.update(headers or {})
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers=dict(headers or {}))
+                                 headers=sent)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=tls) as r:
             status, raw, hdrs = r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         status, raw, hdrs = e.code, e.read(), dict(e.headers)
@@ -61,15 +66,20 @@ class Server:
     url: str
     proc: subprocess.Popen[str]
     log_path: Path
+    tls: ssl.SSLContext | None = None  # the client side of an HTTPS server
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def log(self) -> str:
         return self.log_path.read_text()
 
     def post(self, api: str, body: bytes | dict, **kw: Any) -> Reply:
-        return request(f"{self.url}/{api.lstrip('/')}", body, **kw)
+        return request(f"{self.url}/{api.lstrip('/')}", body, tls=self.tls, **kw)
 
     def get(self, path: str, **kw: Any) -> Reply:
-        return request(f"{self.url}/{path.lstrip('/')}", **kw)
+        return request(f"{self.url}/{path.lstrip('/')}", tls=self.tls, **kw)
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -81,12 +91,14 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(ref: str, *args: str, cwd: Path | str = ".", env: Mapping[str, str] | None = None,
           log_dir: Path, wait_ready: bool = True, timeout: float = 90,
-          python: str = sys.executable, port_from_env: bool = False, new_session: bool = False) -> Iterator[Server]:
+          python: str = sys.executable, port_from_env: bool = False, new_session: bool = False,
+          tls: ssl.SSLContext | None = None) -> Iterator[Server]:
     """`python -m gpuserve serve REF` on a free port.
 
     `python`: another environment's interpreter; `port_from_env`: the port in
     `GPUSERVE_PORT` rather than a flag, as a container image passes it;
-    `new_session`: the server leads a process group of its own (for signals to the whole group).
+    `new_session`: the server leads a process group of its own (for signals to the whole group);
+    `tls`: the server serves HTTPS (its certificate among `args`), and requests trust what `tls` trusts.
     """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
@@ -99,7 +111,7 @@ def serve(ref: str, *args: str, cwd: Path | str = ".", env: Mapping[str, str] | 
             cwd=cwd, env=server_env(env), stdout=log, stderr=subprocess.STDOUT, text=True,
             start_new_session=new_session,
         )
-    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
+    server = Server(f"{'https' if tls else 'http'}://127.0.0.1:{port}", proc, log_path, tls)
     try:
         _wait(server, "/readyz" if wait_ready else "/livez", timeout)
         yield server

@@ -56,3 +56,27 @@ def test_limit_visibility_after_initialisation_is_a_clear_error(fresh_python: Ca
         """
     )
     assert out.strip().endswith("ok")
+
+
+def test_cpu_threads_before_and_after_initialisation(fresh_python: Callable[[str], str]) -> None:
+    out = fresh_python(
+        """
+        import tensorflow as tf
+        from gpuserve.errors import BackendError
+        from gpuserve_tensorflow import TensorFlowBackend
+
+        backend = TensorFlowBackend()
+        backend.set_cpu_threads(1)
+        assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+        tf.constant(1.0) + 1  # TensorFlow initialises
+        backend.set_cpu_threads(1)  # what already holds is fine, even now
+        try:
+            backend.set_cpu_threads(2)
+        except BackendError as exc:
+            assert "intra-op threads (2 wanted)" in str(exc) and "--cpu-threads 0" in str(exc), exc
+        else:
+            raise AssertionError("set_cpu_threads() after initialisation changed nothing and said nothing")
+        print("ok")
+        """
+    )
+    assert out.strip().endswith("ok")

@@ -167,8 +167,9 @@ def test_a_torch_service_serves_from_worker_processes(tmp_path):
                 pass
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        # A batchable API takes rows: a request of one row, one answer.
-        request = urllib.request.Request(f"{url}/double", data=json.dumps({"x": [[1, 2.5, -3]]}).encode())
+        # A batchable API takes rows: one row of three values.
+        request = urllib.request.Request(f"{url}/double", data=json.dumps({"x": [[1, 2.5, -3]]}).encode(),
+                                         headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as r:
             [answer] = json.loads(r.read())
     finally:
@@ -177,3 +178,12 @@ def test_a_torch_service_serves_from_worker_processes(tmp_path):
     assert answer["y"] == [2.0, 5.0, -6.0]
     assert answer["pid"] != proc.pid and answer["device"] == "cpu"
     assert answer["visible"] == ""  # a CPU plan hides every GPU from the worker
+
+
+def test_set_cpu_threads_sets_torchs_intra_op_threads():
+    before = torch.get_num_threads()
+    try:
+        TorchBackend().set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -206,6 +206,20 @@ class TensorFlowBackend(Backend):
         cap = configured[0].memory_limit * 2**20 if configured else device.memory_total
         return MemoryInfo(used=used, total=cap)
 
+    def set_cpu_threads(self, threads: int) -> None:
+        """TensorFlow's intra-op threads in this process; too late once it has initialised (then it says so)."""
+        import tensorflow as tf
+
+        if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+            return
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError as exc:
+            raise BackendError(
+                _TOO_LATE.format(what=f"intra-op threads ({threads} wanted)", call="set_cpu_threads()")
+                + " (or serve with --cpu-threads 0 to keep TensorFlow's own)" + f" [{exc}]"
+            ) from exc
+
     def synchronize(self, device: Device) -> None:
         """Wait for all queued TensorFlow work (TensorFlow synchronises every device at once)."""
         import tensorflow as tf

@@ -144,6 +144,10 @@ class TorchBackend(Backend):
         free, total = _torch().cuda.mem_get_info(target)
         return MemoryInfo(used=total - free, total=total)
 
+    def set_cpu_threads(self, threads: int) -> None:
+        """torch's intra-op threads for CPU work in this process (`torch.set_num_threads`)."""
+        _torch().set_num_threads(threads)
+
     def synchronize(self, device: Device) -> None:
         target = self._check(device)
         if target.type == "cuda":

@@ -1,0 +1,206 @@
+"""Who may call what, and what a request may carry: the checks every protocol's routes share.
+
+One middleware runs before every route (`middleware`), whichever protocol or
+plugin added it:
+
+- the probes (`/livez`, `/readyz`, and KServe v2's `/v2/health/live` and
+  `/v2/health/ready`) are always answered, so that an
+  orchestrator can tell a live server from a dead one whatever else is set;
+- a connection opened beyond `--max-connections` gets 503 and is closed;
+- with `--allowed-hosts`, a `Host` the server does not answer for gets 421
+  (a page that rebinds a name of its own to this address cannot reach it);
+- with API keys, a request without `Authorization: Bearer <key>` naming one
+  of them gets 401; keys are compared as SHA-256 digests in constant time;
+- `/stats`, `/metrics`, `/docs` and `/openapi.json` follow `--ops-routes`:
+  open, behind the key like the APIs, or not served (404).
+
+Routes that read a body use `read_body` (413 before reading when the declared
+length is over the limit, 408 when the body is slower than `--body-timeout`)
+and JSON routes `json_content` (415 for a body that says it is not JSON: form
+and text posts are what a web page may send anywhere without asking; no
+`Content-Type` at all is accepted). `public` is what an error body may say of
+an exception: its text without paths or values of the server's environment,
+unless `--debug-errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import attrs
+from aiohttp import web
+
+from gpuserve.errors import DeclarationError
+from gpuserve.protocols.connections import connection_of
+from gpuserve.protocols.errors import json_error
+from gpuserve.protocols.request_ids import request_id
+from gpuserve.settings import OpsRoutes, Settings
+
+PROBES = frozenset({"/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})  # KServe v2's too
+OPS = frozenset({"/stats", "/metrics", "/docs", "/openapi.json"})
+OPS_PREFIX = "/docs/"  # the docs page's assets
+# Two or more path components, or a drive: what an exception's text shows of the machine's files.
+_PATHS = re.compile(r"(?:[A-Za-z]:\\|~?/)[^\s'\"<>|:]+(?:[/\\][^\s'\"<>|:]+)+[/\\]?")
+_SHORTEST_SECRET = 8  # environment values shorter than this are too common to be worth hiding
+REDACTED = "<redacted>"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BodyRefused(Exception):
+    """A body that will not be read: its status (413, 408) and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def read_keys(path: str) -> list[str]:
+    """The keys in a key file: one per line, blank lines and `#` comments ignored."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise DeclarationError(f"api_key_file={path!r} cannot be read: {exc.strerror or exc}") from None
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise DeclarationError(f"api_key_file={path!r} holds no key: expected one key per line")
+    return keys
+
+
+@attrs.frozen
+class Guards:
+    """What the middleware and the routes enforce, built once from the settings."""
+
+    key_digests: tuple[bytes, ...] = attrs.field(default=(), repr=False)
+    ops_routes: OpsRoutes = OpsRoutes.KEY
+    allowed_hosts: frozenset[str] = frozenset()
+    debug_errors: bool = False
+    hidden: tuple[str, ...] = attrs.field(default=(), repr=False)  # environment values error bodies never show
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> Guards:
+        keys = [settings.api_key] if settings.api_key else []
+        if settings.api_key_file:
+            keys += read_keys(settings.api_key_file)
+        hidden = sorted({v for v in environ.values() if len(v) >= _SHORTEST_SECRET}, key=len, reverse=True)
+        return cls(tuple(_digest(k) for k in keys), settings.ops_routes, frozenset(settings.allowed_hosts),
+                   settings.debug_errors, tuple(hidden))
+
+    def authorised(self, request: web.BaseRequest) -> bool:
+        """Whether the request names an accepted key (every key is compared: no early way out)."""
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        digest = _digest(given.strip())
+        found = False
+        for key in self.key_digests:
+            found |= hmac.compare_digest(digest, key)
+        return found
+
+    def public(self, text: str) -> str:
+        """What an error body may say of an exception's text: no paths, no environment values."""
+        if self.debug_errors:
+            return text
+        for value in self.hidden:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return _PATHS.sub(REDACTED, text)
+
+
+GUARDS = web.AppKey("gpuserve_guards", Guards)
+
+
+def _host_name(host: str) -> str:
+    """The name in a `Host` header, without its port: `Example.com:80` -> `example.com`, `[::1]:3000` -> `[::1]`."""
+    if host.startswith("["):
+        return host[:host.find("]") + 1].lower()
+    return host.rpartition(":")[0].lower() if host.count(":") == 1 else host.lower()
+
+
+def _is_ops(path: str) -> bool:
+    return path in OPS or path.startswith(OPS_PREFIX)
+
+
+def middleware(guards: Guards) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The middleware that enforces `guards` on every route (and tells the connection a request runs)."""
+    keys = bool(guards.key_digests)
+    hosts = guards.allowed_hosts
+    ops_open = guards.ops_routes is OpsRoutes.OPEN
+    ops_off = guards.ops_routes is OpsRoutes.OFF
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        connection = connection_of(request)
+        if connection is not None:
+            connection.started()
+        try:
+            path = request.path
+            if path in PROBES:
+                return await handler(request)
+            if connection is not None and connection.over_limit:
+                response = json_error(503, "too many connections: retry on a new one", request_id(request),
+                                      retry_after=1)
+                response.force_close()
+                return response
+            if hosts and _host_name(request.headers.get("Host", "")) not in hosts:
+                return json_error(421, "this server does not answer for that Host (--allowed-hosts)",
+                                  request_id(request))
+            if keys and not (ops_open and _is_ops(path)) and not guards.authorised(request):
+                response = json_error(401, "this server needs an API key: send 'Authorization: Bearer <key>'",
+                                      request_id(request))
+                response.headers["WWW-Authenticate"] = 'Bearer realm="gpuserve"'
+                return response
+            if ops_off and _is_ops(path):
+                return json_error(404, f"no route {request.method} {path}", request_id(request))
+            return await handler(request)
+        finally:
+            if connection is not None:
+                connection.finished()
+
+    return guard
+
+
+def json_content(request: web.BaseRequest) -> str | None:
+    """Why a JSON route refuses this request's body (415), or None: JSON, or no `Content-Type` at all."""
+    raw = request.headers.get("Content-Type")
+    if raw is None or raw == "application/json":
+        return None
+    kind = raw.partition(";")[0].strip().lower()
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return None
+    return f"Content-Type {kind or raw!r} is not JSON: send application/json (or no Content-Type)"
+
+
+def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> Awaitable[bytes]:
+    """The whole body, to await; `BodyRefused` with 413 (at once) when its declared length is over
+    `max_size`, 413 when a body without one grows over it, 408 when it takes longer than `timeout` seconds.
+
+    A body that has all arrived (most do, with their head) is read without a timer or a task.
+    """
+    length = request.content_length
+    if length is not None and length > max_size:
+        raise BodyRefused(413, f"request body of {length} bytes is larger than {max_size} bytes (--max-body-size)")
+    content = request.content
+    if not content.is_eof():
+        return _read_slowly(request, max_size, timeout)
+    if content.total_bytes > max_size:  # chunked: no length was declared
+        raise BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)")
+    return request.read()
+
+
+async def _read_slowly(request: web.BaseRequest, max_size: int, timeout: float) -> bytes:
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)") from None
+    except asyncio.TimeoutError:
+        raise BodyRefused(408, f"request body took longer than {timeout:g} s (--body-timeout)") from None

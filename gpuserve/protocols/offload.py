@@ -1,0 +1,174 @@
+"""Large request bodies are decoded in a helper process, off the event loop.
+
+Parsing JSON and checking it against the declarations are single calls into
+C (orjson) and Rust (pydantic) that hold the interpreter lock from start to
+end: a 13 MB body takes a few hundred milliseconds, and a thread would not
+help, since the event loop cannot run while another thread of its process
+holds the lock. So bodies of at least `--off-loop-decode-size` bytes go to a
+process of their own (`python -m gpuserve.protocols.offload FD`), started
+when the first one arrives, which imports the service as a worker process
+does, decodes with the same `json_codec` decoder (so the same row limit
+applies there: a batch over `max_batch_size` rows is refused without ever
+being built on the server) and sends back the checked arguments. The body
+goes out and arrays come back as out-of-band buffers (`executors.wire`):
+neither is copied into a pickle stream, and an array is a view of the frame
+it arrived in.
+
+What still costs the event loop time in proportion to a body is the part of
+the arguments that is plain Python objects (JSON lists without an array
+annotation) when it is rebuilt from the reply; the row limit bounds it for
+batchable APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from gpuserve.errors import GpuserveError
+from gpuserve.executors import wire
+from gpuserve.executors.process import ChannelClosed
+from gpuserve.executors.process import _Channel as Channel  # the same in-order request/reply channel
+from gpuserve.outcomes import Failure
+from gpuserve.protocols.json_codec import BadRequest, Decoded, argument_decoder
+
+log = logging.getLogger("gpuserve")
+STOP_GRACE_S = 2.0
+
+
+class OffloadFailed(GpuserveError):
+    """The helper process could not decode a body (it failed to start, or died); a retry may work."""
+
+
+class DecodeWorker:
+    """The helper process that decodes large bodies, started when first needed and restarted if it dies."""
+
+    def __init__(self, service_ref: str, environ: Mapping[str, str]) -> None:
+        self.service_ref = service_ref
+        # It decodes, nothing more: no GPU, one thread.
+        self._env = {**environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._channel: Channel | None = None
+        self._starting = asyncio.Lock()  # one start at a time, whoever needs the helper first
+
+    async def decode(self, api_name: str, body: bytes) -> Decoded:
+        """The checked arguments in `body` and their rows; `BadRequest` as `json_codec` raises it."""
+        channel = await self._started()
+        try:
+            reply = await channel.request(("decode", api_name, pickle.PickleBuffer(body)))
+        except ChannelClosed:
+            code = await self.stop()
+            raise OffloadFailed(f"the process decoding large bodies exited (code {code}) while decoding "
+                                f"{len(body)} bytes; it is started again for the next one") from None
+        if reply[0] == "ok":
+            return reply[1], reply[2]
+        if reply[0] == "bad":
+            raise BadRequest(reply[1], reply[2])
+        failure: Failure = reply[1]
+        raise OffloadFailed(f"decoding failed: {failure.type}: {failure.message}")
+
+    async def _started(self) -> Channel:
+        async with self._starting:
+            if self._channel is None or not self._channel.open:
+                await self.stop()
+                self._channel = await self._start()
+            return self._channel
+
+    async def _start(self) -> Channel:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._proc = await loop.run_in_executor(None, lambda: subprocess.Popen(
+                [sys.executable, "-m", "gpuserve.protocols.offload", str(theirs.fileno())],
+                env=self._env, pass_fds=[theirs.fileno()],
+            ))
+        # A helper that dies between bodies is started again by the next one (`_started`): nothing to do then.
+        _, channel = await loop.create_unix_connection(lambda: Channel(on_idle_loss=lambda: None), sock=ours)
+        try:
+            reply = await channel.request({"service": self.service_ref, "sys_path": [p for p in sys.path if p]})
+        except ChannelClosed:
+            reply = ("error", None)
+        if reply[0] != "ready":
+            channel.close()
+            code = await self.stop()
+            why = f"{reply[1].type}: {reply[1].message}" if reply[1] is not None else f"it exited with code {code}"
+            raise OffloadFailed(f"the process decoding large bodies could not start: {why}")
+        log.info("decoding large bodies in process %d", reply[1])
+        return channel
+
+    async def stop(self) -> int | None:
+        """End the helper process (if any); its exit code."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+        return await asyncio.get_running_loop().run_in_executor(None, _wait, proc)
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    try:
+        return proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+# -- the helper process --------------------------------------------------------------------
+def _decoders(conn: socket.socket) -> dict[str, Any]:
+    from gpuserve.loader import load_service
+
+    build = wire.recv(conn)
+    for entry in reversed(build["sys_path"]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    spec = load_service(build["service"])
+    return {name: argument_decoder(api) for name, api in spec.apis.items()}
+
+
+def _decode(decoders: dict[str, Any], api_name: str, body: memoryview) -> tuple[Any, ...]:
+    # The decoded value holds no cycles: collections while millions of new
+    # objects pile up would cost more than the decoding itself.
+    gc.disable()
+    try:
+        kwargs, rows = decoders[api_name](body)
+        return ("ok", kwargs, rows)
+    except BadRequest as exc:
+        return ("bad", str(exc), exc.errors)
+    except Exception as exc:
+        return ("failed", Failure.of(exc))
+    finally:
+        gc.enable()
+
+
+def serve(fd: int) -> None:
+    conn = socket.socket(fileno=fd)
+    try:
+        decoders = _decoders(conn)
+    except Exception as exc:
+        wire.send(conn, ("error", Failure.of(exc)))
+        return
+    wire.send(conn, ("ready", os.getpid()))
+    while True:
+        try:
+            _, api_name, body = wire.recv(conn)
+        except EOFError:
+            return
+        reply = _decode(decoders, api_name, body)
+        del body
+        wire.send(conn, reply)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
