@@ -143,7 +143,7 @@ def launch(name: str, command: Sequence[str], log_dir: Path, env: Mapping[str, s
 
 @contextlib.contextmanager
 def running(servers: Sequence[tuple[str, Sequence[str]]], log_dir: Path,
-            env: Mapping[str, str] | None = None,
+            env: Mapping[str, str] | None = None, *,
             ready_paths: Mapping[str, str] | None = None) -> Iterator[dict[str, Server]]:
     """Start every server at once (their imports overlap), wait for all, stop all at the end.
 

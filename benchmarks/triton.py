@@ -37,6 +37,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LOAD_TIMEOUT_S = 120
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.triton", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # Triton's Python backend stub loads libpython: it must be this interpreter's, or its
     # standard library and its C core disagree.
-    os.environ.setdefault("PATH", os.defpath)  # Triton's launcher extends it
     os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
         filter(None, [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")]))
 
@@ -52,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.models import manager
     from pytriton.triton import Triton, TritonConfig
+
+    # Loading the model starts Triton's Python stub, which imports torch: on a loaded
+    # machine that takes longer than the 10 s pytriton's client waits by default.
+    manager.CREATE_TRITON_CLIENT_TIMEOUT_S = LOAD_TIMEOUT_S
 
     spec = importlib.util.spec_from_file_location("classifier_model", EXAMPLE_MODEL)
     assert spec is not None and spec.loader is not None

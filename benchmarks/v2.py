@@ -102,7 +102,7 @@ def steps(config: RunConfig) -> int:
 def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> dict[str, Any]:
     chosen = targets(config)
     tool = loadgen.choose_tool(config.loadgen)
-    with running(list(_commands(config).items()), log_dir, {"triton": "/v2/health/ready"}) as servers:
+    with running(list(_commands(config).items()), log_dir, ready_paths={"triton": "/v2/health/ready"}) as servers:
         rounds = take_turns(chosen, servers, tool, config, progress)
     rows = [dict(summarise(target, concurrency, measured), side=target.side)
             for (target, concurrency), measured in rounds.items()]
