@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from benchmarks.apps import CHAOS_DIR_ENV
+from benchmarks.closedloop import answer_in
 from benchmarks.config import RunConfig
 from benchmarks.servers import Server, descendants, gpuserve_command, launch
 
@@ -446,14 +447,11 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
+        answer = answer_in(self.buffer)
+        if answer is None:
             return
-        head = bytes(self.buffer[:end]).lower()
-        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        if len(self.buffer) < end + 4 + length:
-            return
-        del self.buffer[:end + 4 + length]
+        head, size = answer
+        del self.buffer[:size]
         assert self.sent is not None
         self.load.record(self.sent, int(head[9:12]))
         self.sent = None

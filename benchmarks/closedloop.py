@@ -95,20 +95,17 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
+        answer = answer_in(self.buffer)
+        if answer is None:
             return
-        head = bytes(self.buffer[:end]).lower()
-        length = header(head, b"content-length")
-        if length is None or len(self.buffer) < end + 4 + int(length):
-            return
+        head, size = answer
         status = int(head[9:12])
         latency = time.perf_counter() - (self.sent or 0.0)
         self.run.slowest_answer = max(self.run.slowest_answer, latency)
         if 200 <= status < 300:
             self.run.ok_latencies.append(latency)
         self._outcome(str(status))
-        del self.buffer[:end + 4 + int(length)]
+        del self.buffer[:size]
         if header(head, b"connection") == b"close":
             assert self.transport is not None
             self.transport.close()  # the next request goes on a new connection
@@ -129,6 +126,18 @@ class _Client(asyncio.Protocol):
             self._outcome("no_answer")
             if self.transport is not None:
                 self.transport.abort()
+
+
+def answer_in(buffer: bytearray) -> tuple[bytes, int] | None:
+    """The first whole answer in `buffer` (keep-alive, `Content-Length`): its head, lower-cased, and its
+    size in bytes; None until it has all arrived."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).lower()
+    length = header(head, b"content-length")
+    size = end + 4 + int(length) if length is not None else -1
+    return (head, size) if 0 <= size <= len(buffer) else None
 
 
 def header(head: bytes, name: bytes) -> bytes | None:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 # Internal on purpose: the same loop type (uvloop when installed) as gpuserve's server.
 from gpuserve.eventloop import new_event_loop
 
-from benchmarks.closedloop import header
+from benchmarks.closedloop import answer_in
 
 TICK_S = 0.001
 
@@ -56,13 +56,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
+        answer = answer_in(self.buffer)
+        if answer is None:
             return
-        head = bytes(self.buffer[:end]).lower()
-        length = header(head, b"content-length")
-        if length is None or len(self.buffer) < end + 4 + int(length):
-            return
+        head = answer[0]
         assert self.due is not None
         self.run.answered(self.due, head[9:12].decode())
         self.due = None
