@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 # Internal on purpose: the same loop type (uvloop when installed) as gpuserve's server.
 from gpuserve.eventloop import new_event_loop
 
+from benchmarks.loadgen import percentile
+
 CONNECT_RETRY_S = 0.1
 
 
@@ -217,16 +219,10 @@ async def drive(url: str, body: bytes, clients: int, duration_s: float, honour: 
         "requests": sum(run.outcomes.values()),
         "connect_errors": run.connect_errors,
         "ok_rps": len(ok) / elapsed,
-        "ok_p50_ms": _percentile(ok, 50) * 1e3,
-        "ok_p99_ms": _percentile(ok, 99) * 1e3,
+        "ok_p50_ms": percentile(ok, 50) * 1e3,
+        "ok_p99_ms": percentile(ok, 99) * 1e3,
         "slowest_answer_ms": run.slowest_answer * 1e3,
     }
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def main(argv: list[str] | None = None) -> int:

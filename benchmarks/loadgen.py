@@ -244,14 +244,15 @@ async def _drive(url: str, body: bytes, headers: list[str], concurrency: int, du
         "duration_s": elapsed,
         "status_errors": tally.status_errors,
         "socket_errors": tally.socket_errors,
-        "p50_ms": _percentile(latencies, 50) * 1e3,
-        "p90_ms": _percentile(latencies, 90) * 1e3,
-        "p99_ms": _percentile(latencies, 99) * 1e3,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p90_ms": percentile(latencies, 90) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
         "mean_ms": (sum(latencies) / len(latencies) * 1e3) if latencies else 0.0,
     }
 
 
-def _percentile(ordered: list[float], q: float) -> float:
+def percentile(ordered: list[float], q: float) -> float:
+    """The `q`th percentile (nearest rank) of sorted figures; 0 for none."""
     if not ordered:
         return 0.0
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import collections
 import json
-import math
 import sys
 import time
 from typing import Any
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 from gpuserve.eventloop import new_event_loop
 
 from benchmarks.closedloop import answer_in
+from benchmarks.loadgen import percentile
 
 TICK_S = 0.001
 
@@ -149,16 +149,10 @@ def _summary(interval: _Interval) -> dict[str, Any]:
     return {
         "start_s": interval.start,
         "answers": dict(interval.statuses),
-        "p50_ms": _percentile(ordered, 50) * 1e3,
-        "p99_ms": _percentile(ordered, 99) * 1e3,
+        "p50_ms": percentile(ordered, 50) * 1e3,
+        "p99_ms": percentile(ordered, 99) * 1e3,
         "slowest_ms": (ordered[-1] if ordered else 0.0) * 1e3,
     }
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 # comparison would measure event loops instead of servers.
 from gpuserve.eventloop import new_event_loop
 
-from benchmarks.loadgen import _percentile
+from benchmarks.loadgen import percentile
 
 _LAST_CHUNK = b"\r\n0\r\n\r\n"
 
@@ -126,8 +126,8 @@ async def _drive(url: str, body: bytes, concurrency: int, duration_s: float) -> 
         "duration_s": elapsed,
         "streams": tally.streams,
         "errors": tally.errors,
-        "first_value_p50_ms": _percentile(first, 50) * 1e3,
-        "first_value_p99_ms": _percentile(first, 99) * 1e3,
+        "first_value_p50_ms": percentile(first, 50) * 1e3,
+        "first_value_p99_ms": percentile(first, 99) * 1e3,
     }
 
 
