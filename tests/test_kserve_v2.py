@@ -237,3 +237,23 @@ def test_inference_takes_binary_and_json_bodies_and_refuses_forms_and_text(serve
         assert connection.getresponse().status == status
     finally:
         connection.close()
+
+
+def test_answers_framed_in_a_worker_process_reach_the_client_each_in_its_own_form(tmp_path):
+    """The answer is framed beside the model: in a worker process, requests of one batch that ask for
+    different forms (binary, JSON, their own id) each get theirs."""
+    with serve("tensors:Tensors", "--isolation", "process", "--no-access-log", log_dir=tmp_path) as worker:
+        def call(i):
+            binary = i % 2 == 0
+            with httpclient.InferenceServerClient(url=worker.url.removeprefix("http://")) as c:
+                x = np.full((1 + i % 3, 4), float(i), dtype=np.float32)
+                result = c.infer("scale", [tensor("x", x, "FP32", binary)], outputs=[wanted("output", binary)],
+                                 request_id=f"r{i}" if i % 3 == 0 else "")
+                return i, x, binary, result
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(call, range(24)))
+    for i, x, binary, result in answers:
+        np.testing.assert_array_equal(result.as_numpy("output"), x * 2)
+        assert (result.get_output("output").get("parameters") is not None) == binary
+        assert result.get_response().get("id") == (f"r{i}" if i % 3 == 0 else None)

@@ -5,20 +5,19 @@ Every API of the service is a v2 model named after it, with one version, "1"
 (`v2_model.py` reads its tensors from the declarations). An inference request
 is parsed (`v2_request.py`), its arguments go through the same batcher as the
 native route's (a request of shape [n, ...] to a batchable API is n rows,
-merged with other requests' rows), and its outputs are encoded beside the
-model into NumPy arrays (`v2_model.Outputs`), then framed here: as JSON, or as
-binary data after the JSON header when asked (`binary_data`,
-`binary_data_output`), written from the arrays' own buffers.
+merged with other requests' rows), and its outputs are encoded and framed
+beside the model, in the replica's thread or process (`v2_model.Answer`): as
+JSON, or as binary data after the JSON header when asked (`binary_data`,
+`binary_data_output`), written from the arrays' own buffers. The event loop
+only writes the bytes.
 """
 
 from __future__ import annotations
 
-import struct
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import orjson
 from aiohttp import web
 
 import gpuserve
@@ -37,8 +36,8 @@ from gpuserve.protocols.native import (
     taking,
 )
 from gpuserve.protocols.request_ids import request_id
-from gpuserve.protocols.v2_model import DTYPES, NotATensor, Outputs, V2Model, v2_model
-from gpuserve.protocols.v2_request import Parsed, V2BadRequest, header_length, parse
+from gpuserve.protocols.v2_model import Answer, NotATensor, Outputs, V2Model, v2_model
+from gpuserve.protocols.v2_request import Requested, V2BadRequest, header_length, parse
 
 if TYPE_CHECKING:
     from gpuserve.state import ServerState
@@ -46,8 +45,7 @@ if TYPE_CHECKING:
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
-_LENGTH = struct.Struct("<I")
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+SHARED_ANSWERS = 256  # encoders kept per server for requests that ask the same outputs in the same forms
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -79,52 +77,6 @@ def _metadata(model: V2Model) -> dict[str, Any]:
             "inputs": [t.describe() for t in model.inputs], "outputs": [t.describe() for t in model.outputs]}
 
 
-def _raw(array: Any, datatype: str) -> bytes | memoryview:
-    """A tensor's binary form: little-endian, row-major; BYTES as a 4-byte length and the bytes.
-
-    A numeric array comes as a view of its own buffer (a copy only when it is not
-    contiguous little-endian already): the answer's one copy is its final join.
-    """
-    if datatype == "BYTES":
-        parts = []
-        for value in array.ravel():
-            data = value.encode() if isinstance(value, str) else bytes(value)
-            parts += (_LENGTH.pack(len(data)), data)
-        return b"".join(parts)
-    contiguous = np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<"))
-    return memoryview(contiguous).cast("B")
-
-
-def _json_data(array: Any, datatype: str) -> Any:
-    if datatype == "BYTES":
-        return [v if isinstance(v, str) else bytes(v).decode(errors="replace") for v in array.ravel()]
-    return np.ascontiguousarray(array).ravel()
-
-
-def _answer(model: V2Model, parsed: Parsed, outputs: dict[str, Any], rid: str) -> web.Response:
-    entries, blobs = [], []
-    by_name = {t.name: t for t in model.outputs}
-    for name in parsed.requested.names:
-        array, datatype = outputs[name], by_name[name].datatype
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if parsed.requested.binary[name]:
-            blob = _raw(array, datatype)
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = _json_data(array, datatype)
-        entries.append(entry)
-    header: dict[str, Any] = {"model_name": model.name, "model_version": VERSION, "outputs": entries}
-    if parsed.request_id is not None:
-        header["id"] = parsed.request_id
-    head = orjson.dumps(header, option=_OPTIONS)
-    headers = {"X-Request-ID": rid}
-    if not blobs:
-        return web.Response(body=head, content_type="application/json", headers=headers)
-    headers[HEADER_LENGTH] = str(len(head))
-    return web.Response(body=b"".join((head, *blobs)), content_type="application/octet-stream", headers=headers)
-
-
 def _v2_content(request: web.BaseRequest) -> str | None:
     """Why an inference request's body is refused (415), or None: JSON, binary data, or no `Content-Type`."""
     if request.headers.get("Content-Type", "").partition(";")[0].strip().lower() == "application/octet-stream":
@@ -140,7 +92,19 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             models[api.name] = v2_model(api)
         except NotATensor as exc:
             unavailable[api.name] = str(exc)
-    encoders = {name: Outputs(m.outputs, m.columns, m.api.batchable) for name, m in models.items()}
+    outputs = {name: Outputs(m.outputs, m.columns, m.api.batchable) for name, m in models.items()}
+
+    @functools.lru_cache(maxsize=SHARED_ANSWERS)
+    def shared_answer(name: str, requested: tuple[tuple[str, bool], ...]) -> Answer:
+        return Answer(outputs[name], name, VERSION, requested)
+
+    def answer_for(model: V2Model, requested: Requested, request_id: str | None) -> Answer:
+        """The encoder of one request; one object for every request that asks the same (and no `id`)."""
+        pairs = tuple((name, requested.binary[name]) for name in requested.names)
+        if request_id is None:
+            return shared_answer(model.name, pairs)
+        return Answer(outputs[model.name], model.name, VERSION, pairs, request_id)
+
     batcher = state.batcher
     settings = state.deployment.settings
     guards = app.get(GUARDS) or Guards()
@@ -199,8 +163,8 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             body = await read_body(request, settings.max_body_size, settings.body_timeout)
             parsed = parse(found, body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
             del body
-            future = batcher.submit(found.name, parsed.kwargs, encoders[found.name], timeout, parsed.rows, rid,
-                                    probe=probe)
+            encoder = answer_for(found, parsed.requested, parsed.request_id)
+            future = batcher.submit(found.name, parsed.kwargs, encoder, timeout, parsed.rows, rid, probe=probe)
         except (V2BadRequest, BadRequest) as exc:
             return closing(state, json_error(400, str(exc), rid))
         except Refused as exc:
@@ -208,12 +172,16 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
         except BodyRefused as exc:
             return body_refused(exc, rid)
         try:
-            outputs = await future
+            body, head_length = await future  # framed beside the model
         except ItemFailed as exc:
             return closing(state, failed(found.name, rid, exc, guards))
         except Refused as exc:
             return closing(state, refusal(exc, rid))
-        return closing(state, _answer(found, parsed, outputs, rid))
+        headers = {"X-Request-ID": rid}
+        if head_length is None:
+            return closing(state, web.Response(body=body, content_type="application/json", headers=headers))
+        headers[HEADER_LENGTH] = str(head_length)
+        return closing(state, web.Response(body=body, content_type="application/octet-stream", headers=headers))
 
     router = app.router
     router.add_get("/v2", server_metadata)

@@ -11,18 +11,21 @@ per field, a row per request row). An API whose declarations name no tensor
 (a pydantic model parameter, an unannotated one) is not a v2 model; the reason
 says which parameter.
 
-The `Outputs` encoder runs beside the model (in the replica's thread or
-process) and turns a request's result into NumPy arrays: no aiohttp here.
+The `Answer` encoder runs beside the model (in the replica's thread or
+process): it turns a request's result into NumPy arrays (`Outputs`) and
+frames them as the protocol's answer, JSON or binary. No aiohttp here.
 """
 
 from __future__ import annotations
 
 import inspect
+import struct
 import typing
 from typing import Any
 
 import attrs
 import numpy as np
+import orjson
 
 from gpuserve.arrays import ANY
 from gpuserve.service import ApiSpec
@@ -38,6 +41,7 @@ DTYPES: dict[str, Any] = {
 DATATYPE_OF = {dtype.name: name for name, dtype in DTYPES.items() if name != "BYTES"}
 BINARY_ONLY = frozenset({"FP16", "BF16"})  # no JSON form, as in Triton
 _SCALARS = {int: "INT64", float: "FP64", bool: "BOOL", str: "BYTES"}
+_LENGTH = struct.Struct("<I")  # a BYTES element's length in binary data
 
 
 class NotATensor(Exception):
@@ -147,11 +151,7 @@ def _fields(annotation: Any) -> dict[str, Any]:
 
 @attrs.frozen
 class Outputs:
-    """The encoder of the v2 routes: one request's result as `{output name: NumPy array}`.
-
-    Built once per API; runs beside the model and pickles by value (its fields) to
-    reach a worker process.
-    """
+    """One request's result as `{output name: NumPy array}`; built once per API."""
 
     tensors: tuple[Tensor, ...]
     columns: bool
@@ -167,6 +167,69 @@ class Outputs:
             column = [_field(row, tensor.name) for row in rows]
             out[tensor.name] = _array(column if self.batched else column[0], tensor)
         return out
+
+
+@attrs.frozen
+class Answer:
+    """The encoder of a v2 inference request: its result framed as the protocol's answer, beside the model.
+
+    It returns `(body, header_length)`: the JSON header alone (`header_length`
+    None), or the header followed by the binary outputs (`Inference-Header-
+    Content-Length`). The arrays are framed where they were made, in the
+    replica's thread or process, so the event loop only writes bytes. It pickles
+    by value (its fields) to reach a worker process; requests that ask for the
+    same outputs share one (`answer_for`), so a batch pickles it once.
+    """
+
+    outputs: Outputs
+    model: str
+    version: str
+    requested: tuple[tuple[str, bool], ...]  # (output name, as binary), in the order asked
+    request_id: str | None = None  # the request's own `id`, echoed
+
+    def __call__(self, result: Any) -> tuple[bytes, int | None]:
+        arrays = self.outputs(result)
+        datatypes = {tensor.name: tensor.datatype for tensor in self.outputs.tensors}
+        entries, blobs = [], []
+        for name, binary in self.requested:
+            array, datatype = arrays[name], datatypes[name]
+            entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+            if binary:
+                blob = _raw(array, datatype)
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = _json_data(array, datatype)
+            entries.append(entry)
+        header: dict[str, Any] = {"model_name": self.model, "model_version": self.version, "outputs": entries}
+        if self.request_id is not None:
+            header["id"] = self.request_id
+        head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+        if not blobs:
+            return head, None
+        return b"".join((head, *blobs)), len(head)
+
+
+def _raw(array: Any, datatype: str) -> bytes | memoryview:
+    """A tensor's binary form: little-endian, row-major; BYTES as a 4-byte length and the bytes.
+
+    A numeric array comes as a view of its own buffer (a copy only when it is not
+    contiguous little-endian already): the answer's one copy is its final join.
+    """
+    if datatype == "BYTES":
+        parts = []
+        for value in array.ravel():
+            data = value.encode() if isinstance(value, str) else bytes(value)
+            parts += (_LENGTH.pack(len(data)), data)
+        return b"".join(parts)
+    contiguous = np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<"))
+    return memoryview(contiguous).cast("B")
+
+
+def _json_data(array: Any, datatype: str) -> Any:
+    if datatype == "BYTES":
+        return [v if isinstance(v, str) else bytes(v).decode(errors="replace") for v in array.ravel()]
+    return np.ascontiguousarray(array).ravel()
 
 
 def _field(row: Any, name: str) -> Any:
