@@ -257,3 +257,13 @@ def test_answers_framed_in_a_worker_process_reach_the_client_each_in_its_own_for
         np.testing.assert_array_equal(result.as_numpy("output"), x * 2)
         assert (result.get_output("output").get("parameters") is not None) == binary
         assert result.get_response().get("id") == (f"r{i}" if i % 3 == 0 else None)
+
+
+@pytest.mark.parametrize("length", [0, 3, 300_000], ids=["empty", "small", "large"])
+def test_binary_outputs_of_any_size_arrive_whole(client, length):
+    """Small binary answers go out as one buffer, large ones header first and then the tensor's own buffer."""
+    flags = np.arange(length) % 3 == 0
+    result = client.infer("negate", [tensor("flags", flags, "BOOL")], outputs=[wanted("output")])
+    np.testing.assert_array_equal(result.as_numpy("output"), ~flags)
+    x = np.linspace(-2, 2, length, dtype=np.float16)
+    np.testing.assert_array_equal(client.infer("half", [tensor("x", x, "FP16")]).as_numpy("output"), x / 2)

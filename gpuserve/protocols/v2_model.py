@@ -173,12 +173,16 @@ class Outputs:
 class Answer:
     """The encoder of a v2 inference request: its result framed as the protocol's answer, beside the model.
 
-    It returns `(body, header_length)`: the JSON header alone (`header_length`
-    None), or the header followed by the binary outputs (`Inference-Header-
-    Content-Length`). The arrays are framed where they were made, in the
-    replica's thread or process, so the event loop only writes bytes. It pickles
-    by value (its fields) to reach a worker process; requests that ask for the
-    same outputs share one (`answer_for`), so a batch pickles it once.
+    It returns the JSON answer as bytes when no output is binary; else `(head,
+    blobs)`: the JSON header as bytes, then each binary output as an array over
+    its own buffer (little-endian, row-major; BYTES already framed as bytes),
+    for the route to write after the header without joining them. The JSON is
+    encoded where the arrays were made, in the replica's thread or process; a
+    blob is not copied there (a large buffer made in another thread than the
+    event loop's, then freed by the loop, costs more than the copy it saves).
+    It pickles by value (its fields) to reach a worker process; requests that
+    ask for the same outputs share one (`answer_for`), so a batch pickles it
+    once.
     """
 
     outputs: Outputs
@@ -187,7 +191,7 @@ class Answer:
     requested: tuple[tuple[str, bool], ...]  # (output name, as binary), in the order asked
     request_id: str | None = None  # the request's own `id`, echoed
 
-    def __call__(self, result: Any) -> tuple[bytes, int | None]:
+    def __call__(self, result: Any) -> bytes | tuple[bytes, tuple[Any, ...]]:
         arrays = self.outputs(result)
         datatypes = {tensor.name: tensor.datatype for tensor in self.outputs.tensors}
         entries, blobs = [], []
@@ -196,7 +200,7 @@ class Answer:
             entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
             if binary:
                 blob = _raw(array, datatype)
-                entry["parameters"] = {"binary_data_size": len(blob)}
+                entry["parameters"] = {"binary_data_size": blob.nbytes}
                 blobs.append(blob)
             else:
                 entry["data"] = _json_data(array, datatype)
@@ -205,25 +209,23 @@ class Answer:
         if self.request_id is not None:
             header["id"] = self.request_id
         head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
-        if not blobs:
-            return head, None
-        return b"".join((head, *blobs)), len(head)
+        return (head, tuple(blobs)) if blobs else head
 
 
-def _raw(array: Any, datatype: str) -> bytes | memoryview:
-    """A tensor's binary form: little-endian, row-major; BYTES as a 4-byte length and the bytes.
+def _raw(array: Any, datatype: str) -> Any:
+    """A tensor's binary form, as an array (`nbytes`, the buffer protocol): little-endian, row-major;
+    BYTES as a 4-byte length and the bytes of each element.
 
-    A numeric array comes as a view of its own buffer (a copy only when it is not
-    contiguous little-endian already): the answer's one copy is its final join.
+    A numeric array is its own buffer (copied only when it is not contiguous
+    little-endian already).
     """
     if datatype == "BYTES":
         parts = []
         for value in array.ravel():
             data = value.encode() if isinstance(value, str) else bytes(value)
             parts += (_LENGTH.pack(len(data)), data)
-        return b"".join(parts)
-    contiguous = np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<"))
-    return memoryview(contiguous).cast("B")
+        return np.frombuffer(b"".join(parts), dtype=np.uint8)
+    return np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<"))
 
 
 def _json_data(array: Any, datatype: str) -> Any:
