@@ -253,6 +253,10 @@ def test_answers_framed_in_a_worker_process_reach_the_client_each_in_its_own_for
 
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(call, range(24)))
+        with httpclient.InferenceServerClient(url=worker.url.removeprefix("http://")) as c:  # arrays, not framed
+            flags = np.arange(200_000) % 5 == 0
+            large = c.infer("negate", [tensor("flags", flags, "BOOL")], outputs=[wanted("output")])
+        np.testing.assert_array_equal(large.as_numpy("output"), ~flags)
     for i, x, binary, result in answers:
         np.testing.assert_array_equal(result.as_numpy("output"), x * 2)
         assert (result.get_output("output").get("parameters") is not None) == binary

@@ -18,7 +18,6 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from aiohttp import web
 
 import gpuserve
@@ -37,7 +36,7 @@ from gpuserve.protocols.native import (
     taking,
 )
 from gpuserve.protocols.request_ids import request_id
-from gpuserve.protocols.v2_model import Answer, NotATensor, Outputs, V2Model, v2_model
+from gpuserve.protocols.v2_model import Answer, NotATensor, Outputs, V2Model, octets, v2_model
 from gpuserve.protocols.v2_request import Requested, V2BadRequest, header_length, parse
 
 if TYPE_CHECKING:
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 HEADER_LENGTH = "Inference-Header-Content-Length"
 VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
-JOIN_BELOW = 64 * 1024  # bytes: a binary answer this small is sent as one buffer
 SHARED_ANSWERS = 256  # encoders kept per server for requests that ask the same outputs in the same forms
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,31 +75,6 @@ def _config(model: V2Model) -> dict[str, Any]:
 def _metadata(model: V2Model) -> dict[str, Any]:
     return {"name": model.name, "versions": [VERSION], "platform": "gpuserve",
             "inputs": [t.describe() for t in model.inputs], "outputs": [t.describe() for t in model.outputs]}
-
-
-async def _binary(request: web.Request, state: ServerState, rid: str, head: bytes,
-                  blobs: tuple[Any, ...]) -> web.StreamResponse:
-    """The JSON header, then each binary output from its own buffer; small answers are joined first (one
-    write costs less than several), large ones go out without a copy."""
-    headers = {"X-Request-ID": rid, HEADER_LENGTH: str(len(head))}
-    size = len(head) + sum(blob.nbytes for blob in blobs)
-    if size <= JOIN_BELOW:
-        body = b"".join((head, *map(_octets, blobs)))
-        return closing(state, web.Response(body=body, content_type="application/octet-stream", headers=headers))
-    response = closing(state, web.StreamResponse(headers=headers))
-    response.content_type = "application/octet-stream"
-    response.content_length = size
-    await response.prepare(request)
-    await response.write(head)
-    for blob in blobs:
-        await response.write(_octets(blob))
-    await response.write_eof()
-    return response
-
-
-def _octets(blob: Any) -> memoryview:
-    """A contiguous array's bytes, without a copy (an empty one too)."""
-    return memoryview(blob.reshape(-1).view(np.uint8))
 
 
 def _v2_content(request: web.BaseRequest) -> str | None:
@@ -207,7 +180,13 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
         if type(answer) is bytes:
             return closing(state, web.Response(body=answer, content_type="application/json",
                                                headers={"X-Request-ID": rid}))
-        return await _binary(request, state, rid, *answer)
+        body, rest = answer
+        if type(rest) is int:  # framed whole beside the model
+            head_length = rest
+        else:  # large binary outputs: joined here, in one buffer of the loop's thread
+            head_length, body = len(body), b"".join((body, *map(octets, rest)))
+        headers = {"X-Request-ID": rid, HEADER_LENGTH: str(head_length)}
+        return closing(state, web.Response(body=body, content_type="application/octet-stream", headers=headers))
 
     router = app.router
     router.add_get("/v2", server_metadata)

@@ -42,6 +42,7 @@ DATATYPE_OF = {dtype.name: name for name, dtype in DTYPES.items() if name != "BY
 BINARY_ONLY = frozenset({"FP16", "BF16"})  # no JSON form, as in Triton
 _SCALARS = {int: "INT64", float: "FP64", bool: "BOOL", str: "BYTES"}
 _LENGTH = struct.Struct("<I")  # a BYTES element's length in binary data
+FRAME_UP_TO = 64 * 1024  # bytes of binary outputs framed whole beside the model
 
 
 class NotATensor(Exception):
@@ -173,16 +174,16 @@ class Outputs:
 class Answer:
     """The encoder of a v2 inference request: its result framed as the protocol's answer, beside the model.
 
-    It returns the JSON answer as bytes when no output is binary; else `(head,
-    blobs)`: the JSON header as bytes, then each binary output as an array over
-    its own buffer (little-endian, row-major; BYTES already framed as bytes),
-    for the route to write after the header without joining them. The JSON is
-    encoded where the arrays were made, in the replica's thread or process; a
-    blob is not copied there (a large buffer made in another thread than the
-    event loop's, then freed by the loop, costs more than the copy it saves).
-    It pickles by value (its fields) to reach a worker process; requests that
-    ask for the same outputs share one (`answer_for`), so a batch pickles it
-    once.
+    It returns the JSON answer as bytes when no output is binary. With binary
+    outputs, a small answer is framed whole here, `(body, header_length)`; a
+    large one comes back as `(head, blobs)`, its outputs as arrays over their
+    own buffers, for the route to join: a large buffer made in the replica's
+    thread and freed by the event loop costs more than the copy (0.6 ms for a
+    602 KB image), and an array reaches the server from a worker process
+    without being copied into the pickle. The JSON is encoded beside the model
+    either way. It pickles by value (its fields) to reach a worker process;
+    requests that ask for the same outputs share one (`answer_for`), so a
+    batch pickles it once.
     """
 
     outputs: Outputs
@@ -191,7 +192,7 @@ class Answer:
     requested: tuple[tuple[str, bool], ...]  # (output name, as binary), in the order asked
     request_id: str | None = None  # the request's own `id`, echoed
 
-    def __call__(self, result: Any) -> bytes | tuple[bytes, tuple[Any, ...]]:
+    def __call__(self, result: Any) -> bytes | tuple[bytes, int] | tuple[bytes, tuple[Any, ...]]:
         arrays = self.outputs(result)
         datatypes = {tensor.name: tensor.datatype for tensor in self.outputs.tensors}
         entries, blobs = [], []
@@ -209,7 +210,11 @@ class Answer:
         if self.request_id is not None:
             header["id"] = self.request_id
         head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
-        return (head, tuple(blobs)) if blobs else head
+        if not blobs:
+            return head
+        if sum(blob.nbytes for blob in blobs) > FRAME_UP_TO:
+            return head, tuple(blobs)
+        return b"".join((head, *map(octets, blobs))), len(head)
 
 
 def _raw(array: Any, datatype: str) -> Any:
@@ -226,6 +231,11 @@ def _raw(array: Any, datatype: str) -> Any:
             parts += (_LENGTH.pack(len(data)), data)
         return np.frombuffer(b"".join(parts), dtype=np.uint8)
     return np.ascontiguousarray(array, dtype=DTYPES[datatype].newbyteorder("<"))
+
+
+def octets(blob: Any) -> memoryview:
+    """A contiguous array's bytes, without a copy (an empty one too)."""
+    return memoryview(blob.reshape(-1).view(np.uint8))
 
 
 def _json_data(array: Any, datatype: str) -> Any:
