@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpuserve.api")
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; overrides the server's default deadline, up to its maximum
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-AnyResponse = TypeVar("AnyResponse", bound=web.StreamResponse)
 # Refusals that say the server is overloaded: the connection is then not read again before Retry-After.
 OVERLOAD = frozenset({Reason.QUEUE_FULL, Reason.LATENCY})
 
@@ -58,7 +57,7 @@ def parse_timeout(raw: str, cap: float) -> float:
     return value
 
 
-def closing(state: ServerState, response: AnyResponse) -> AnyResponse:
+def closing(state: ServerState, response: web.Response) -> web.Response:
     """`response`, with `Connection: close` while the server stops (every protocol's answers)."""
     if state.stopping:
         response.force_close()
