@@ -59,7 +59,7 @@ def create_app(deployment: Deployment) -> web.Application:
     add_native_routes(app, app[STATE], offload)
     add_stream_routes(app, app[STATE])
     add_openapi_routes(app, app[STATE])
-    add_v2_routes(app, app[STATE])
+    add_v2_routes(app, app[STATE], offload)
     add_metrics_route(app, app[STATE])
     _load_plugins(app)
     add_fallback_route(app, app[STATE])

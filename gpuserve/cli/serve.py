@@ -69,8 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the longest deadline a request may ask for with X-Request-Timeout; more is 400 "
                         "(default: --timeout)")
     limits.add_argument("--off-loop-decode-size", type=int,
-                        help="bodies of at least this many bytes are decoded in a helper process, off the event "
-                        "loop (default 1 MiB; 0: never)")
+                        help="bodies (KServe v2: JSON headers) of at least this many bytes are decoded in a helper "
+                        "process, off the event loop (default 1 MiB; 0: never)")
     limits.add_argument("--backlog", type=int, help="connections the kernel may queue before they are accepted "
                         "(default 2048, capped by net.core.somaxconn)")
     limits.add_argument("--max-connections", type=int,

@@ -5,7 +5,9 @@ Every API of the service is a v2 model named after it, with one version, "1"
 (`v2_model.py` reads its tensors from the declarations). An inference request
 is parsed (`v2_request.py`), its arguments go through the same batcher as the
 native route's (a request of shape [n, ...] to a batchable API is n rows,
-merged with other requests' rows), and its outputs are encoded and framed
+merged with other requests' rows; a JSON header of `--off-loop-decode-size`
+bytes or more is parsed in the helper process of `offload.py`, off the event
+loop), and its outputs are encoded and framed
 beside the model, in the replica's thread or process (`v2_model.Answer`): as
 JSON, or as binary data after the JSON header when asked (`binary_data`,
 `binary_data_output`), written from the arrays' own buffers. The event loop
@@ -25,12 +27,14 @@ from gpuserve.batching import ItemFailed, Refused
 from gpuserve.protocols.errors import json_error, refusal
 from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, json_content, read_body
 from gpuserve.protocols.json_codec import BadRequest
+from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
 from gpuserve.protocols.native import (
     TIMEOUT_HEADER,
     body_refused,
     closing,
     failed,
     not_ready,
+    offload_failed,
     parse_timeout,
     refused,
     taking,
@@ -84,7 +88,8 @@ def _v2_content(request: web.BaseRequest) -> str | None:
     return json_content(request)
 
 
-def add_v2_routes(app: web.Application, state: ServerState) -> None:
+def add_v2_routes(app: web.Application, state: ServerState, offload: DecodeWorker | None = None) -> None:
+    """The v2 routes; `offload` parses requests whose JSON header is `--off-loop-decode-size` bytes or more."""
     models: dict[str, V2Model] = {}
     unavailable: dict[str, str] = {}  # API name -> why it has no v2 form
     for api in state.deployment.spec.apis.values():
@@ -108,6 +113,7 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
     batcher = state.batcher
     settings = state.deployment.settings
     guards = app.get(GUARDS) or Guards()
+    off_loop = settings.off_loop_decode_size if offload is not None else 0
 
     def model_of(request: web.Request) -> V2Model | web.Response:
         name = request.match_info["model"]
@@ -161,7 +167,11 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             timeout = None if own is None else parse_timeout(own, settings.request_timeout_cap)
             probe = batcher.admit(found.name)  # before the body is read: a refusal reads nothing
             body = await read_body(request, settings.max_body_size, settings.body_timeout)
-            parsed = parse(found, body, header_length(request.headers.get(HEADER_LENGTH), len(body)))
+            head = header_length(request.headers.get(HEADER_LENGTH), len(body))
+            if off_loop and head >= off_loop:  # binary tensors cost the loop nothing per element: JSON does
+                parsed = await offload.parse_v2(found.name, body, head)  # type: ignore[union-attr]
+            else:
+                parsed = parse(found, body, head)
             del body
             encoder = answer_for(found, parsed.requested, parsed.request_id)
             future = batcher.submit(found.name, parsed.kwargs, encoder, timeout, parsed.rows, rid, probe=probe)
@@ -171,6 +181,8 @@ def add_v2_routes(app: web.Application, state: ServerState) -> None:
             return closing(state, refused(request, exc, rid, found.name))
         except BodyRefused as exc:
             return body_refused(exc, rid)
+        except OffloadFailed as exc:
+            return offload_failed(state, exc, rid)
         try:
             answer = await future  # encoded beside the model
         except ItemFailed as exc:

@@ -89,6 +89,12 @@ def body_refused(exc: BodyRefused, rid: str) -> web.Response:
     return response
 
 
+def offload_failed(state: ServerState, exc: OffloadFailed, rid: str) -> web.Response:
+    """503 for a body the helper process could not decode (it died, or could not start): a retry may work."""
+    log.error("request %s: %s", rid, exc)
+    return closing(state, json_error(503, str(exc), rid, retry_after=1))
+
+
 def taking(state: ServerState, guards: Guards, request: web.Request, rid: str,
            content: Callable[[web.BaseRequest], str | None] = json_content) -> web.Response | None:
     """None when an API request may go on to admission; else its answer: not ready (503), not JSON (415).
@@ -154,8 +160,7 @@ def _api_handler(api: ApiSpec, state: ServerState, guards: Guards, offload: Deco
         except BodyRefused as exc:
             return body_refused(exc, rid)
         except OffloadFailed as exc:
-            log.error("request %s: %s", rid, exc)
-            return closing(state, json_error(503, str(exc), rid, retry_after=1))
+            return offload_failed(state, exc, rid)
         # A client that disconnects cancels this handler and so `future`: the
         # batcher then drops the request if it has not started.
         try:

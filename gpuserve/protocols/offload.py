@@ -1,15 +1,21 @@
 """Large request bodies are decoded in a helper process, off the event loop.
 
+Native bodies of at least `--off-loop-decode-size` bytes, and KServe v2
+requests whose JSON header is that large, are parsed there (`decode`,
+`parse_v2`); a v2 request whose size is in its binary tensors is not: those
+become arrays over the body's own bytes on the loop, at no cost per element.
+
 Parsing JSON and checking it against the declarations are single calls into
 C (orjson) and Rust (pydantic) that hold the interpreter lock from start to
 end: a 13 MB body takes a few hundred milliseconds, and a thread would not
 help, since the event loop cannot run while another thread of its process
-holds the lock. So bodies of at least `--off-loop-decode-size` bytes go to a
+holds the lock. So those bodies go to a
 process of their own (`python -m gpuserve.protocols.offload FD`), started
 when the first one arrives, which imports the service as a worker process
-does, decodes with the same `json_codec` decoder (so the same row limit
-applies there: a batch over `max_batch_size` rows is refused without ever
-being built on the server) and sends back the checked arguments. The body
+does, decodes with the same `json_codec` decoder, or parses with the same
+`v2_request.parse` (so the same row limits apply there: a batch over
+`max_batch_size` rows is refused without ever being built on the server), and
+sends back the checked arguments. The body
 goes out and arrays come back as out-of-band buffers (`executors.wire`):
 neither is copied into a pickle stream, and an array is a view of the frame
 it arrived in.
@@ -23,6 +29,7 @@ batchable APIs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -39,6 +46,8 @@ from gpuserve.executors.process import ChannelClosed
 from gpuserve.executors.process import _Channel as Channel  # the same in-order request/reply channel
 from gpuserve.outcomes import Failure
 from gpuserve.protocols.json_codec import BadRequest, Decoded, argument_decoder
+from gpuserve.protocols.v2_model import NotATensor, V2Model, v2_model
+from gpuserve.protocols.v2_request import Parsed, V2BadRequest, parse
 
 log = logging.getLogger("gpuserve")
 STOP_GRACE_S = 2.0
@@ -61,19 +70,30 @@ class DecodeWorker:
 
     async def decode(self, api_name: str, body: bytes) -> Decoded:
         """The checked arguments in `body` and their rows; `BadRequest` as `json_codec` raises it."""
+        reply = await self._ask(("decode", api_name, 0, pickle.PickleBuffer(body)), len(body))
+        if reply[0] == "bad":
+            raise BadRequest(reply[1], reply[2])
+        return reply[1], reply[2]
+
+    async def parse_v2(self, api_name: str, body: bytes, header_size: int) -> Parsed:
+        """A KServe v2 request of `api_name`, parsed; `V2BadRequest` as `v2_request.parse` raises it."""
+        reply = await self._ask(("v2", api_name, header_size, pickle.PickleBuffer(body)), len(body))
+        if reply[0] == "bad":
+            raise V2BadRequest(reply[1])
+        return reply[1]
+
+    async def _ask(self, request: tuple[Any, ...], size: int) -> tuple[Any, ...]:
         channel = await self._started()
         try:
-            reply = await channel.request(("decode", api_name, pickle.PickleBuffer(body)))
+            reply = await channel.request(request)
         except ChannelClosed:
             code = await self.stop()
             raise OffloadFailed(f"the process decoding large bodies exited (code {code}) while decoding "
-                                f"{len(body)} bytes; it is started again for the next one") from None
-        if reply[0] == "ok":
-            return reply[1], reply[2]
-        if reply[0] == "bad":
-            raise BadRequest(reply[1], reply[2])
-        failure: Failure = reply[1]
-        raise OffloadFailed(f"decoding failed: {failure.type}: {failure.message}")
+                                f"{size} bytes; it is started again for the next one") from None
+        if reply[0] == "failed":
+            failure: Failure = reply[1]
+            raise OffloadFailed(f"decoding failed: {failure.type}: {failure.message}")
+        return reply
 
     async def _started(self) -> Channel:
         async with self._starting:
@@ -126,46 +146,60 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
 
 
 # -- the helper process --------------------------------------------------------------------
-def _decoders(conn: socket.socket) -> dict[str, Any]:
-    from gpuserve.loader import load_service
+class _Parsers:
+    """The service's decoders, native and v2, as the server builds them."""
 
+    def __init__(self, service_ref: str) -> None:
+        from gpuserve.loader import load_service
+
+        spec = load_service(service_ref)
+        self.native = {name: argument_decoder(api) for name, api in spec.apis.items()}
+        self.v2: dict[str, V2Model] = {}
+        for name, api in spec.apis.items():
+            with contextlib.suppress(NotATensor):  # the server has no v2 route for it either
+                self.v2[name] = v2_model(api)
+
+    def run(self, kind: str, api_name: str, header_size: int, body: memoryview) -> tuple[Any, ...]:
+        # The decoded value holds no cycles: collections while millions of new
+        # objects pile up would cost more than the decoding itself.
+        gc.disable()
+        try:
+            if kind == "v2":
+                return ("ok", parse(self.v2[api_name], body, header_size))  # type: ignore[arg-type]
+            kwargs, rows = self.native[api_name](body)
+            return ("ok", kwargs, rows)
+        except BadRequest as exc:
+            return ("bad", str(exc), exc.errors)
+        except V2BadRequest as exc:
+            return ("bad", str(exc))
+        except Exception as exc:
+            return ("failed", Failure.of(exc))
+        finally:
+            gc.enable()
+
+
+def _parsers(conn: socket.socket) -> _Parsers:
     build = wire.recv(conn)
     for entry in reversed(build["sys_path"]):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    spec = load_service(build["service"])
-    return {name: argument_decoder(api) for name, api in spec.apis.items()}
-
-
-def _decode(decoders: dict[str, Any], api_name: str, body: memoryview) -> tuple[Any, ...]:
-    # The decoded value holds no cycles: collections while millions of new
-    # objects pile up would cost more than the decoding itself.
-    gc.disable()
-    try:
-        kwargs, rows = decoders[api_name](body)
-        return ("ok", kwargs, rows)
-    except BadRequest as exc:
-        return ("bad", str(exc), exc.errors)
-    except Exception as exc:
-        return ("failed", Failure.of(exc))
-    finally:
-        gc.enable()
+    return _Parsers(build["service"])
 
 
 def serve(fd: int) -> None:
     conn = socket.socket(fileno=fd)
     try:
-        decoders = _decoders(conn)
+        parsers = _parsers(conn)
     except Exception as exc:
         wire.send(conn, ("error", Failure.of(exc)))
         return
     wire.send(conn, ("ready", os.getpid()))
     while True:
         try:
-            _, api_name, body = wire.recv(conn)
+            kind, api_name, header_size, body = wire.recv(conn)
         except EOFError:
             return
-        reply = _decode(decoders, api_name, body)
+        reply = parsers.run(kind, api_name, header_size, body)
         del body
         wire.send(conn, reply)
 
