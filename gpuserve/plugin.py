@@ -35,7 +35,8 @@ What is here:
   `format_bytes`, `valid_gpu_types()`;
   and to host a replica in a process of yours: `import_service`,
   `build_replica` and the `Replica` they build (`replica.run(api, items,
-  encoders)` runs one batch).
+  encoders)` runs one batch; `replica.adopt_thread()` when the batches run in
+  another thread than the build).
 - **Errors**: `GpuserveError`, `BackendError`, `CapabilityError` (a capability
   the framework lacks: raise it, never fall back to another device).
 - **Registration**: the entry-point groups `BACKENDS_GROUP`,

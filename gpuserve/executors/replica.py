@@ -120,6 +120,11 @@ class Replica:
         with self._current_device():
             self.instance = self.spec.cls()
 
+    def adopt_thread(self) -> None:
+        """Make the calling thread the one that runs this replica from now on, when it is not the thread that
+        built it: `gpuserve.context()` answers there (the current device is set for each batch anyway)."""
+        bind(self.ctx)
+
     # -- cancelling (async APIs) -------------------------------------------------------
     def cancel_threadsafe(self, batch: int, index: int) -> None:
         """From another thread: request `index` of batch `batch` is gone; stop its call if it runs."""

@@ -7,11 +7,13 @@ GPU ids name GPUs; if gpuserve cannot see as many there (no driver, a node
 that declares GPUs it lacks), the build fails and says so: a replica never
 falls back to the CPU silently.
 
-Ray runs the methods of a threaded actor in threads of their own: `build` and
-`run` share the default concurrency group (one thread, so the replica's
-context and current device are set there once, and batches never overlap);
-`until_lost` waits in a group of its own and never returns, so its
-reference fails the moment the actor dies, even while it is idle.
+Ray runs the methods of a threaded actor in threads of their own: `build`
+runs in the default concurrency group; `run` there too when called as a plain
+actor method, or, when the server compiled a graph of it, in the one thread
+Ray runs that graph in, whose first trip makes it the replica's thread
+(`Replica.adopt_thread`). Either way batches never overlap. `until_lost` waits
+in a group of its own and never returns, so its reference fails the moment
+the actor dies, even while it is idle.
 """
 
 from __future__ import annotations
@@ -103,8 +105,13 @@ class ReplicaActor:
             "devices": [d.label for d in devices],
         }
 
-    def run(self, api_name: str, items: Sequence[dict[str, Any]], encoders: Sequence[Encoder]) -> BatchResult:
+    def run(self, api_name: str | None, items: Sequence[dict[str, Any]],
+            encoders: Sequence[Encoder]) -> BatchResult | None:
+        """One batch; with no API, none: the first trip of the compiled graph, which sets up its channels."""
         assert self._replica is not None, "run before build"
+        if api_name is None:  # from the graph's own thread, which runs every batch from now on
+            self._replica.adopt_thread()
+            return None
         return self._replica.run(api_name, items, encoders)
 
     @ray.method(concurrency_group="watch")
