@@ -10,6 +10,8 @@ inherited `CUDA_VISIBLE_DEVICES`, so a device outside it is never used):
   each capped at f of the GPU's memory; a GPU is never overcommitted.
 - `gpu_type` keeps GPUs of that type; `gpu_memory` keeps GPUs with that much
   free (per worker), most free first.
+- `memory`: the host's physical memory must hold every worker's, whatever
+  devices they get.
 - A MIG device is the only device of its worker: one CUDA process enumerates
   one MIG device and no plain GPU beside it (NVIDIA's MIG user guide, see
   `gpuserve.devices.visibility`), so `gpu: N` with N >= 2 never takes one,
@@ -29,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from gpuserve.backend import host_memory
 from gpuserve.devices import MIG_GUIDE, Device, Inventory
 from gpuserve.errors import PlanError
 from gpuserve.resources import Resources, format_bytes, valid_gpu_types
@@ -47,6 +50,8 @@ class Plan:
     workers: tuple[WorkerPlan, ...]
     fallback_reason: str | None = None  # set when on CPU although GPUs were asked for
     inventory_source: str = ""
+    memory: int | None = None  # host memory each worker declared (bytes)
+    host_memory: int | None = None  # the host's physical memory it was checked against
 
     def gpu_union(self) -> tuple[Device, ...]:
         """Every planned GPU once, in CUDA ordinal order."""
@@ -83,7 +88,7 @@ class Plan:
         )
 
     def describe(self) -> list[str]:
-        """One line per worker, for the startup log.
+        """One line per worker, then the host memory they declared if they did; for the startup log.
 
         A GPU shows its ordinal in this environment; one that this process does
         not enumerate (MIG) shows none: the worker's process, or the server
@@ -94,6 +99,9 @@ class Plan:
             devices = ", ".join(d.described for d in worker.devices)
             cap = f", memory cap {format_bytes(worker.memory_limit)}" if worker.memory_limit else ""
             lines.append(f"worker {worker.index}: {devices}{cap}")
+        if self.memory is not None and self.host_memory is not None:
+            lines.append(f"{_memory_asked(self.memory, len(self.workers))}; "
+                         f"the host has {format_bytes(self.host_memory)}")
         return lines
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +121,8 @@ class Plan:
             ],
             "fallback_reason": self.fallback_reason,
             "inventory_source": self.inventory_source,
+            "memory": self.memory,
+            "host_memory": self.host_memory,
         }
 
 
@@ -131,6 +141,27 @@ def plan(
     for name, value in (("workers", workers), ("cpu_devices", cpu_devices)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PlanError(f"{name}={value!r} is invalid: it must be a whole number, 1 or more")
+    host = None
+    if resources.memory is not None:
+        # The machine's physical memory (SC_PHYS_PAGES x SC_PAGE_SIZE, as `host_memory` reads it), not what
+        # is free now: that rises and falls with the page cache and other processes, and one service on one
+        # machine should plan the same each time.
+        host = host_memory().total
+        if workers * resources.memory > host:
+            raise PlanError(_no_room_in_memory(resources.memory, workers, host))
+    placed = _device_plan(resources, workers, inventory, require_gpu, cpu_devices, gpu_capable, gpu_incapable_reason)
+    return attrs.evolve(placed, memory=resources.memory, host_memory=host)
+
+
+def _device_plan(
+    resources: Resources,
+    workers: int,
+    inventory: Inventory,
+    require_gpu: bool,
+    cpu_devices: int,
+    gpu_capable: bool,
+    gpu_incapable_reason: str,
+) -> Plan:
     if resources.gpu == 0:
         return _cpu_plan(workers, cpu_devices, None, inventory.source)
 
@@ -247,6 +278,21 @@ def _asked(resources: Resources, workers: int) -> str:
     if resources.gpu_memory is not None:
         extra.append(f"{format_bytes(resources.gpu_memory)} free each")
     return f"asked for {workers} worker(s) x {per_worker}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _memory_asked(memory: int, workers: int) -> str:
+    return f"{workers} worker(s) x {format_bytes(memory)} of host memory ({format_bytes(workers * memory)} in all)"
+
+
+def _no_room_in_memory(memory: int, workers: int, host: int) -> str:
+    options = [f"workers={host // memory}"] if host >= memory else []
+    if host // workers >= 2**20:
+        options.append(f"memory='{host // workers // 2**20}MiB'")
+    return (
+        f"cannot place the workers: asked for {_memory_asked(memory, workers)}, "
+        f"but this host has {format_bytes(host)} of physical memory.\n"
+        f"Write instead one of: {'; '.join(options)}"
+    )
 
 
 def _cannot_fit(

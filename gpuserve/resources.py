@@ -1,6 +1,6 @@
 """`Resources`: what one worker (replica) of a service needs.
 
-`{"gpu": 1, "gpu_type": "nvidia-h100", "gpu_memory": "16GiB"}`:
+`{"gpu": 1, "gpu_type": "nvidia-h100", "gpu_memory": "16GiB", "memory": "4GiB"}`:
 
 - `gpu`: a whole number of GPUs, or a fraction 0 < gpu < 1 meaning a share of
   one GPU (several workers packed onto it, each capped at that share of its
@@ -9,6 +9,8 @@
   `nvidia-tesla-t4`, `nvidia-a10g`, ...), matched against NVML device names.
 - `gpu_memory`: memory the worker needs free on each of its GPUs, as bytes or
   a string with a unit (`"16GiB"`, `"512MiB"`, `"16GB"`).
+- `memory`: host memory (RAM) the worker needs, in the same forms; a service
+  on the CPU (`gpu: 0`) may declare it too.
 
 Bad values raise `DeclarationError` naming the value and what is valid.
 """
@@ -66,7 +68,7 @@ _UNITS: Mapping[str, int] = {
     "tib": 2**40,
 }
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-_KEYS = ("gpu", "gpu_type", "gpu_memory")
+_KEYS = ("gpu", "gpu_type", "gpu_memory", "memory")
 
 
 def valid_gpu_types() -> list[str]:
@@ -155,9 +157,9 @@ def _check_gpu_type(instance: Resources, attribute: attrs.Attribute, value: str 
         )
 
 
-def _check_gpu_memory(instance: Resources, attribute: attrs.Attribute, value: int | None) -> None:
+def _check_bytes(instance: Resources, attribute: attrs.Attribute, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise DeclarationError(f"gpu_memory={value!r} must be a positive number of bytes")
+        raise DeclarationError(f"{attribute.name}={value!r} must be a positive number of bytes")
 
 
 @attrs.frozen
@@ -168,7 +170,8 @@ class Resources:
     gpu_type: str | None = attrs.field(
         default=None, converter=_normalise_gpu_type, validator=_check_gpu_type
     )
-    gpu_memory: int | None = attrs.field(default=None, validator=_check_gpu_memory)
+    gpu_memory: int | None = attrs.field(default=None, validator=_check_bytes)
+    memory: int | None = attrs.field(default=None, validator=_check_bytes)  # host RAM, not a GPU's
 
     def __attrs_post_init__(self) -> None:
         if self.gpu == 0 and (self.gpu_type is not None or self.gpu_memory is not None):
@@ -187,7 +190,7 @@ class Resources:
         if not isinstance(value, Mapping):
             raise DeclarationError(
                 f"resources={value!r} is not a mapping: write e.g. "
-                f'{{"gpu": 1, "gpu_type": "nvidia-l4", "gpu_memory": "16GiB"}}'
+                f'{{"gpu": 1, "gpu_type": "nvidia-l4", "gpu_memory": "16GiB", "memory": "4GiB"}}'
             )
         unknown = sorted(str(key) for key in value if key not in _KEYS)
         if unknown:
@@ -195,11 +198,12 @@ class Resources:
                 f"unknown resources key(s) {', '.join(map(repr, unknown))}; "
                 f"valid keys: {', '.join(_KEYS)}"
             )
-        memory = value.get("gpu_memory")
+        gpu_memory, memory = value.get("gpu_memory"), value.get("memory")
         return cls(
             gpu=value.get("gpu", 0),
             gpu_type=value.get("gpu_type"),
-            gpu_memory=None if memory is None else parse_bytes(memory),
+            gpu_memory=None if gpu_memory is None else parse_bytes(gpu_memory),
+            memory=None if memory is None else parse_bytes(memory, what="memory"),
         )
 
     @property

@@ -134,3 +134,29 @@ def test_mig_devices_get_a_worker_process_each(app_dir: Path, fake_env: dict[str
     assert refused.returncode == 2
     assert "isolation='thread' puts every worker in the server process" in refused.stderr
     assert "one CUDA process enumerates a single MIG device" in refused.stderr
+
+
+def test_host_memory_is_shown_with_the_plan_and_a_host_too_small_refuses_it(
+    app_dir: Path, fake_env: dict[str, str]
+) -> None:
+    (app_dir / "ram.py").write_text(textwrap.dedent("""
+        import gpuserve
+
+        @gpuserve.service(resources={"gpu": 0.5, "memory": "1MiB"}, workers=2, backend="fake-gpu")
+        class Small:
+            @gpuserve.api
+            def ping(self) -> str:
+                return "pong"
+
+        @gpuserve.service(resources={"memory": "1000TiB"}, backend="cpu")
+        class Huge(Small):
+            pass
+    """))
+    done = gpuserve("plan", "ram:Small", env=fake_env, cwd=app_dir)
+    assert done.returncode == 0, done.stderr
+    assert "  2 worker(s) x 1.0 MiB of host memory (2.0 MiB in all); the host has " in done.stdout
+    as_json = json.loads(gpuserve("plan", "ram:Small", "--json", env=fake_env, cwd=app_dir).stdout)
+    assert as_json["memory"] == 2**20 and as_json["host_memory"] >= 2**20
+    refused = gpuserve("plan", "ram:Huge", env=fake_env, cwd=app_dir)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "asked for 1 worker(s) x 1000.0 TiB of host memory (1000.0 TiB in all), but this host has " in refused.stderr

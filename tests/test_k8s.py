@@ -43,6 +43,12 @@ APP = textwrap.dedent("""
         def ping(self) -> str:
             return "pong"
 
+    @gpuserve.service(resources={"gpu": 1, "memory": "1000TiB"}, workers=2, backend="torch")
+    class Roomy:
+        @gpuserve.api
+        def ping(self) -> str:
+            return "pong"
+
     @gpuserve.service(backend="cpu")
     class OnCpu:
         @gpuserve.api
@@ -101,6 +107,7 @@ def test_every_object_is_valid_and_they_select_the_same_pods(app_dir: Path):
     ("app:Pair", ("--workers", "3"), 3),
     ("app:Halves", (), 2),  # 3 workers x 0.5: two share one GPU, the third has half of another
     ("app:Halves", ("--workers", "2"), 1),
+    ("app:Roomy", (), 2),  # host memory is the node's to hold, not this machine's
 ])
 def test_the_pod_asks_for_the_whole_gpus_its_plan_uses(app_dir: Path, service: str, args: tuple[str, ...],
                                                         gpus: int):

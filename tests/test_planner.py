@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from gpuserve.devices import FAKE_GPUS_ENV, Inventory, discover
 from gpuserve.errors import PlanError
 from gpuserve.planner import Plan, plan
+from gpuserve.resources import format_bytes
 from gpuserve.testing.fake_inventory import fake_gpu, write_fake_inventory
 
 GiB = 2**30
@@ -174,6 +176,7 @@ def test_describe_and_to_json(machine) -> None:
     data = result.to_json()
     assert data["fallback_reason"] is None
     assert data["inventory_source"] == inventory.source
+    assert data["memory"] is None and data["host_memory"] is None  # no host memory declared
     assert data["workers"][1] == {
         "index": 1,
         "devices": [{"index": 0, "uuid": uuid, "name": "NVIDIA H100 80GB HBM3", "kind": "cuda", "mig": False,
@@ -181,6 +184,37 @@ def test_describe_and_to_json(machine) -> None:
         "memory_limit": 40 * GiB,
         "memory_fraction": 0.5,
     }
+
+
+# The host's memory is this machine's own: tests ask for more than any machine has, or for very little.
+HOST_MEMORY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_host_memory_too_small_for_every_worker_says_what_was_asked_and_what_the_host_has(machine) -> None:
+    with pytest.raises(PlanError) as caught:
+        plan({"gpu": 1, "memory": "1000TiB"}, 2, machine(four_h100()))
+    message = str(caught.value)
+    assert message.startswith("cannot place the workers: asked for 2 worker(s) x 1000.0 TiB of host memory "
+                              f"(2000.0 TiB in all), but this host has {format_bytes(HOST_MEMORY)} of physical memory.")
+    assert f"Write instead one of: memory='{HOST_MEMORY // 2 // 2**20}MiB'" in message
+    # A CPU service is held to the host's memory too; one that fits alone is offered as fewer workers.
+    with pytest.raises(PlanError, match=rf"Write instead one of: workers=2; memory='{HOST_MEMORY // 3 // 2**20}MiB'$"):
+        plan({"memory": HOST_MEMORY // 2}, 3, Inventory())
+
+
+def test_host_memory_that_fits_is_in_the_plan_whatever_devices_the_workers_get(machine) -> None:
+    inventory = machine([fake_gpu(0)])
+    on_gpu = plan({"gpu": 0.5, "memory": "1MiB"}, 2, inventory)
+    assert ordinals(on_gpu) == [[0], [0]]
+    assert on_gpu.describe()[-1] == (f"2 worker(s) x 1.0 MiB of host memory (2.0 MiB in all); "
+                                     f"the host has {format_bytes(HOST_MEMORY)}")
+    assert (on_gpu.to_json()["memory"], on_gpu.to_json()["host_memory"]) == (2**20, HOST_MEMORY)
+    on_cpu = plan({"memory": 2**20}, 3, inventory, cpu_devices=2)
+    assert len(on_cpu.describe()) == 4 and on_cpu.describe()[-1].startswith("3 worker(s) x 1.0 MiB of host memory")
+    fallback = plan({"gpu": 1, "memory": 2**20}, 1, inventory, gpu_capable=False)
+    assert fallback.fallback_reason and fallback.memory == 2**20
+    undeclared = plan({"gpu": 1}, 1, inventory)
+    assert undeclared.memory is None and undeclared.host_memory is None and len(undeclared.describe()) == 1
 
 
 def test_fraction_caps_count_memory_already_in_use() -> None:

@@ -55,8 +55,38 @@ def test_bad_gpu_memory_names_value_and_forms(value: object) -> None:
 
 
 def test_unknown_key_is_named_with_the_valid_keys() -> None:
-    with pytest.raises(DeclarationError, match=r"'gpus'.*valid keys: gpu, gpu_type, gpu_memory"):
+    with pytest.raises(DeclarationError, match=r"'gpus'.*valid keys: gpu, gpu_type, gpu_memory, memory$"):
         Resources.parse({"gpus": 1})
+
+
+def test_host_memory_is_declared_beside_the_gpus_or_without_any() -> None:
+    declared = Resources.parse({"gpu": 1, "gpu_type": "nvidia-l4", "memory": "4GiB"})
+    assert declared == Resources(gpu=1, gpu_type="nvidia-l4", memory=4 * GiB)
+    assert declared.gpu_memory is None  # host memory is not GPU memory
+    assert Resources.parse({"memory": 512 * MiB}) == Resources(gpu=0, memory=512 * MiB)  # CPU only
+    assert Resources.parse({"gpu": 0, "memory": "1.5GB"}).memory == 1_500_000_000
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("4 gigs", "memory='4 gigs' is not a memory size: write a number with one of the units B, KB"),
+        (0, "memory=0 must be more than 0 bytes"),
+        ("0GiB", "memory='0GiB' must be more than 0 bytes"),
+        (-1, "memory=-1 must be more than 0 bytes"),
+        (2.5, "memory=2.5 is not a memory size: write bytes as an int, or a string such as '16GiB'"),
+        (True, "memory=True is not a memory size"),
+    ],
+)
+def test_bad_memory_names_the_value_and_what_is_valid(value: object, says: str) -> None:
+    with pytest.raises(DeclarationError) as caught:
+        Resources.parse({"memory": value})
+    assert says in str(caught.value)
+
+
+def test_memory_given_to_the_class_directly_is_checked_too() -> None:
+    with pytest.raises(DeclarationError, match=r"^memory=-3 must be a positive number of bytes$"):
+        Resources(memory=-3)
 
 
 def test_bool_is_not_a_gpu_count() -> None:

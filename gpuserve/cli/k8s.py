@@ -99,7 +99,8 @@ def gpus_per_pod(spec: ServiceSpec, workers: int, uses_gpus: bool) -> int:
 
     Planned, not computed apart: fractional workers pack onto GPUs as they will in the pod.
     """
-    resources = attrs.evolve(spec.resources, gpu_type=None)  # a pod gets GPUs of one node's type
+    # A pod gets GPUs of one node's type, and host memory on that node, not on the machine that writes this.
+    resources = attrs.evolve(spec.resources, gpu_type=None, memory=None)
     if resources.gpu == 0 or not uses_gpus:
         return 0
     share = min(resources.gpu, 1)

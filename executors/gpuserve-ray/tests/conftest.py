@@ -5,7 +5,7 @@ node or cluster address, unless Ray clusters are limited to this machine:
 `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, set here before Ray is imported and
 passed to every server, keeps every Ray process of these tests on 127.0.0.1
 (a test checks with `ss`). Each node declares one logical GPU of type H100
-(no hardware needed) and its own fake inventory (`GPUSERVE_FAKE_GPUS`), so a
+(no hardware needed), 2 GiB of Ray's `memory` resource, and its own fake inventory (`GPUSERVE_FAKE_GPUS`), so a
 replica's gpuserve discovers, under the `CUDA_VISIBLE_DEVICES` Ray gave it,
 the fake GPU of its own node.
 """
@@ -31,6 +31,7 @@ from processes import alive, descendants, wait_gone  # noqa: E402
 LOOPBACK = "127.0.0.1"
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 APPS = Path(__file__).resolve().parent / "apps"
+NODE_MEMORY = 2 * 2**30  # logical, as Ray counts it: not what the machine has, the same on every machine
 
 
 @attrs.frozen
@@ -60,8 +61,8 @@ def ray_cluster():
             gpu = fake_gpu(10 + n)
             env = {"GPUSERVE_FAKE_GPUS": write_fake_inventory(root / f"node-{n}.json", [gpu]),
                    "BATCH_APPS_DIR": str(journal)}
-            args = dict(num_cpus=4, num_gpus=1, resources={"accelerator_type:H100": 1}, env_vars=env,
-                        node_ip_address=LOOPBACK, include_dashboard=False)
+            args = dict(num_cpus=4, num_gpus=1, resources={"accelerator_type:H100": 1}, memory=NODE_MEMORY,
+                        env_vars=env, node_ip_address=LOOPBACK, include_dashboard=False)
             node = cluster.add_node(**args)
             nodes.append((node.node_id, gpu["uuid"]))
         cluster.wait_for_nodes()

@@ -52,6 +52,7 @@ def test_replicas_are_placed_across_the_nodes_each_on_its_own_gpu_as_cuda_0_on_l
         assert replica["device"] == "cuda:0"
         assert replica["planned"] == [ray_cluster.gpu_of_node[replica["node"]]]  # that node's GPU, by UUID
         assert replica["memory_limit"] is None and replica["memory_caps"] == {}
+        assert replica["assigned"]["memory"] == GiB  # the host memory the service declared, reserved by Ray
     assert "accelerator_type=H100" in server.log()
     names = {name for _, name in sockets}
     assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::ReplicaAct") for n in names), sockets
@@ -81,9 +82,10 @@ def run_serve(cluster, *args):
 def test_a_plan_the_cluster_cannot_hold_says_what_was_asked_and_what_each_node_has(ray_cluster):
     out = run_serve(ray_cluster, "placed:Whole", *on_ray(ray_cluster, "--workers", "3"))
     assert out.returncode == 2
-    assert ("cannot place the workers on the Ray cluster: asked for 3 worker(s) x 1 GPU (type nvidia-h100), "
-            "each an actor asking for num_gpus=1, accelerator_type=H100, num_cpus=1") in out.stderr
-    assert out.stderr.count("1 GPU (H100), 4 CPU: room for 1") == 2
+    assert ("cannot place the workers on the Ray cluster: asked for 3 worker(s) x 1 GPU (type nvidia-h100, "
+            "1.0 GiB memory each), each an actor asking for num_gpus=1, accelerator_type=H100, num_cpus=1, "
+            "memory=1.0 GiB") in out.stderr
+    assert out.stderr.count("1 GPU (H100), 4 CPU, 2.0 GiB memory: room for 1") == 2
     assert "Write instead one of: workers=2; gpu=0.66; gpu=0 (CPU)" in out.stderr
 
     out = run_serve(ray_cluster, "placed:WrongType", *on_ray(ray_cluster))

@@ -27,8 +27,9 @@ def test_every_gpu_type_has_a_ray_name():
     assert accelerator_type(None) is None
 
 
-NODES = [Node("a" * 16, "10.0.0.1", cpus=8, gpus=2, accelerator_types=("H100",)),
-         Node("b" * 16, "10.0.0.2", cpus=8, gpus=1, accelerator_types=("L4",))]
+GiB = 2**30
+NODES = [Node("a" * 16, "10.0.0.1", cpus=8, gpus=2, accelerator_types=("H100",), memory=64 * GiB),
+         Node("b" * 16, "10.0.0.2", cpus=8, gpus=1, accelerator_types=("L4",), memory=16 * GiB)]
 
 
 def plan(resources, workers, nodes=NODES, **kw):
@@ -41,8 +42,8 @@ def test_whole_gpus_of_a_type_fit_only_on_nodes_of_that_type():
     with pytest.raises(PlanError) as error:
         plan({"gpu": 1, "gpu_type": "nvidia-h100"}, 3)
     message = str(error.value)
-    assert "node 10.0.0.1 (aaaaaaaa): 2 GPU (H100), 8 CPU: room for 2" in message
-    assert "node 10.0.0.2 (bbbbbbbb): 1 GPU (L4), 8 CPU: room for 0  [not H100]" in message
+    assert "node 10.0.0.1 (aaaaaaaa): 2 GPU (H100), 8 CPU, 64.0 GiB memory: room for 2" in message
+    assert "node 10.0.0.2 (bbbbbbbb): 1 GPU (L4), 8 CPU, 16.0 GiB memory: room for 0  [not H100]" in message
     assert "Write instead one of: workers=2; gpu=0.66; gpu=0 (CPU)" in message
 
 
@@ -50,6 +51,33 @@ def test_shares_pack_onto_each_gpu_and_cpus_bound_them_too():
     assert plan({"gpu": 0.25}, 12).request.num_gpus == 0.25  # 8 + 4 shares
     with pytest.raises(PlanError, match="room for 8"):
         plan({"gpu": 0.1}, 17)  # 30 shares, but 8 CPUs a node
+
+
+def test_declared_memory_is_asked_of_ray_in_bytes_and_each_nodes_memory_bounds_the_replicas():
+    fits = plan({"gpu": 0.5, "gpu_type": "nvidia-h100", "memory": "16GiB"}, 4)
+    assert fits.request.options() == {"num_gpus": 0.5, "num_cpus": 1, "accelerator_type": "H100", "memory": 16 * GiB}
+    assert "4 replica(s), each a Ray actor asking for num_gpus=0.5, accelerator_type=H100, num_cpus=1, memory=16.0 GiB; " \
+        "Ray places them" in fits.lines
+    assert "memory" not in plan({"gpu": 1}, 1).request.options()  # undeclared: Ray's default, none reserved
+    with pytest.raises(PlanError) as error:
+        plan({"gpu": 0.5, "gpu_type": "nvidia-h100", "memory": "17GiB"}, 4)  # 64 GiB holds three, GPUs four
+    message = str(error.value)
+    assert ("asked for 4 worker(s) x 0.5 GPU (type nvidia-h100, 17.0 GiB memory each), each an actor asking for "
+            "num_gpus=0.5, accelerator_type=H100, num_cpus=1, memory=17.0 GiB.") in message
+    assert "node 10.0.0.1 (aaaaaaaa): 2 GPU (H100), 8 CPU, 64.0 GiB memory: room for 3" in message
+    assert "node 10.0.0.2 (bbbbbbbb): 1 GPU (L4), 8 CPU, 16.0 GiB memory: room for 0  [not H100; less than 17.0 GiB memory]" \
+        in message
+    assert message.endswith("Write instead one of: workers=3; memory='16384MiB'; gpu=0 (CPU)")
+
+
+def test_a_cpu_service_that_declares_memory_is_placed_by_it():
+    assert plan({"memory": "8GiB"}, 10).request.options() == {"num_gpus": 0, "num_cpus": 1, "memory": 8 * GiB}
+    with pytest.raises(PlanError) as error:
+        plan({"memory": "8GiB"}, 11)  # 8 + 2 by memory
+    assert "asked for 11 worker(s) x 1 CPU (8.0 GiB memory each)" in str(error.value)
+    assert "Write instead one of: workers=10; memory='5461MiB'; more CPUs or memory in the cluster" in str(error.value)
+    falls_back = plan({"gpu": 1, "memory": "1GiB"}, 2, [Node("c" * 16, "10.0.0.3", cpus=4, gpus=0, memory=2 * GiB)])
+    assert falls_back.fallback_reason and falls_back.request.options() == {"num_gpus": 0, "num_cpus": 1, "memory": GiB}
 
 
 def test_no_gpu_in_the_cluster_falls_back_to_the_cpu_or_fails_when_gpus_are_required():

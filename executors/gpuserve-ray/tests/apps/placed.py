@@ -23,10 +23,11 @@ def where() -> dict:
         "planned": [d.uuid for d in ctx.planned],
         "memory_limit": ctx.memory_limit,
         "memory_caps": applied_memory_caps(),
+        "assigned": ray.get_runtime_context().get_assigned_resources(),  # what Ray reserved for this actor
     }
 
 
-@gpuserve.service(backend="fake-gpu", resources={"gpu": 1, "gpu_type": "nvidia-h100"}, workers=2)
+@gpuserve.service(backend="fake-gpu", resources={"gpu": 1, "gpu_type": "nvidia-h100", "memory": "1GiB"}, workers=2)
 class Whole:
     @gpuserve.api
     def where(self) -> dict:
