@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import hmac
 import re
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -197,9 +198,18 @@ def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> Awaita
     return request.read()
 
 
+if sys.version_info >= (3, 11):
+    async def _within(body: Awaitable[bytes], timeout: float) -> bytes:
+        # A timer on the handler's own task: `wait_for` would run the read in a task of its own.
+        async with asyncio.timeout(timeout):
+            return await body
+else:
+    _within = asyncio.wait_for
+
+
 async def _read_slowly(request: web.BaseRequest, max_size: int, timeout: float) -> bytes:
     try:
-        return await asyncio.wait_for(request.read(), timeout)
+        return await _within(request.read(), timeout)
     except web.HTTPRequestEntityTooLarge:
         raise BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)") from None
     except asyncio.TimeoutError:
