@@ -53,7 +53,7 @@ def argument_decoder(api: ApiSpec) -> Callable[[bytes], Decoded]:
     validator = api.signature.validator
     rows_of = _row_counter(api, checked=validator is not None) if api.batchable else None
 
-    def decode(body: bytes) -> Decoded:
+    def decode(body: bytes | bytearray) -> Decoded:
         try:
             payload = loads(body)
         except orjson.JSONDecodeError as exc:

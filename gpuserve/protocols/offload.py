@@ -68,14 +68,14 @@ class DecodeWorker:
         self._channel: Channel | None = None
         self._starting = asyncio.Lock()  # one start at a time, whoever needs the helper first
 
-    async def decode(self, api_name: str, body: bytes) -> Decoded:
+    async def decode(self, api_name: str, body: bytes | bytearray) -> Decoded:
         """The checked arguments in `body` and their rows; `BadRequest` as `json_codec` raises it."""
         reply = await self._ask(("decode", api_name, 0, pickle.PickleBuffer(body)), len(body))
         if reply[0] == "bad":
             raise BadRequest(reply[1], reply[2])
         return reply[1], reply[2]
 
-    async def parse_v2(self, api_name: str, body: bytes, header_size: int) -> Parsed:
+    async def parse_v2(self, api_name: str, body: bytes | bytearray, header_size: int) -> Parsed:
         """A KServe v2 request of `api_name`, parsed; `V2BadRequest` as `v2_request.parse` raises it."""
         reply = await self._ask(("v2", api_name, header_size, pickle.PickleBuffer(body)), len(body))
         if reply[0] == "bad":
