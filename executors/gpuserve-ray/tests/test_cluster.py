@@ -54,6 +54,7 @@ def test_replicas_are_placed_across_the_nodes_each_on_its_own_gpu_as_cuda_0_on_l
         assert replica["memory_limit"] is None and replica["memory_caps"] == {}
         assert replica["assigned"]["memory"] == GiB  # the host memory the service declared, reserved by Ray
     assert "accelerator_type=H100" in server.log()
+    assert server.log().count("batches through a compiled graph") == 2  # on either node, not plain actor calls
     names = {name for _, name in sockets}
     assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::ReplicaAct") for n in names), sockets
     assert all(address.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for address, _ in sockets), sockets

@@ -102,8 +102,9 @@ class RayExecutor(Executor):
             raise
         self._graph = await self._compiled(actor)
         self._lost = False
-        log.info("replica %s on %s, CUDA_VISIBLE_DEVICES=%s, devices %s, pid %s", self.key, self.where["where"],
-                 self.where["cuda_visible_devices"], ",".join(self.where["devices"]), self.where["pid"])
+        log.info("replica %s on %s, CUDA_VISIBLE_DEVICES=%s, devices %s, pid %s; batches through %s", self.key,
+                 self.where["where"], self.where["cuda_visible_devices"], ",".join(self.where["devices"]),
+                 self.where["pid"], "a compiled graph" if self._graph is not None else "plain actor calls")
 
     async def _built(self, actor: Any) -> dict[str, Any]:
         """Where the actor built its replica; says so in the log while Ray finds it no room."""
