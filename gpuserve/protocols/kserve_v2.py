@@ -27,7 +27,6 @@ from gpuserve.batching import ItemFailed, Refused
 from gpuserve.protocols.errors import json_error, refusal
 from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, json_content, read_body
 from gpuserve.protocols.json_codec import BadRequest
-from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
 from gpuserve.protocols.native import (
     TIMEOUT_HEADER,
     body_refused,
@@ -39,6 +38,7 @@ from gpuserve.protocols.native import (
     refused,
     taking,
 )
+from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
 from gpuserve.protocols.request_ids import request_id
 from gpuserve.protocols.v2_model import Answer, NotATensor, Outputs, V2Model, octets, v2_model
 from gpuserve.protocols.v2_request import Requested, V2BadRequest, header_length, parse

@@ -127,8 +127,9 @@ class RayExecutor(Executor):
             return None
         try:
             await (await graph.execute_async(None, (), ()))
-        except BaseException:
+        except BaseException:  # the start fails, as a failed build does: leave nothing behind
             self._teardown(graph)
+            ray.kill(actor)
             raise
         return graph
 
