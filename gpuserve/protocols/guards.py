@@ -193,7 +193,7 @@ def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> Awaita
     if length is not None and length > max_size:
         raise BodyRefused(413, f"request body of {length} bytes is larger than {max_size} bytes (--max-body-size)")
     if not request.content.is_eof():
-        return _read_slowly(request, max_size, timeout)
+        return _read_slowly(request.content, length, max_size, timeout)
     return _read_all(request.content, length, max_size)
 
 
@@ -201,13 +201,13 @@ async def _read_all(content: StreamReader, length: int | None, max_size: int) ->
     chunk = await content.readany()
     if content.is_eof():  # it came in one piece: that piece is the body
         if len(chunk) > max_size:  # chunked: no length was declared
-            raise BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)")
+            raise _too_large(max_size)
         return chunk
     body, size = bytearray(length or 0), 0
     while chunk:
         end = size + len(chunk)
         if end > max_size:
-            raise BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)")
+            raise _too_large(max_size)
         body[size:end] = chunk  # in place when the length was declared, else appended
         size = end
         chunk = await content.readany()
@@ -223,8 +223,13 @@ else:
     _within = asyncio.wait_for
 
 
-async def _read_slowly(request: web.BaseRequest, max_size: int, timeout: float) -> bytes | bytearray:
+def _too_large(max_size: int) -> BodyRefused:
+    return BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)")
+
+
+async def _read_slowly(content: StreamReader, length: int | None, max_size: int,
+                       timeout: float) -> bytes | bytearray:
     try:
-        return await _within(_read_all(request.content, request.content_length, max_size), timeout)
+        return await _within(_read_all(content, length, max_size), timeout)
     except asyncio.TimeoutError:
         raise BodyRefused(408, f"request body took longer than {timeout:g} s (--body-timeout)") from None
