@@ -70,14 +70,18 @@ def argument_decoder(api: ApiSpec) -> Callable[[bytes], Decoded]:
 
 
 def _checked(api: ApiSpec, validator: Any, payload: Any) -> dict[str, Any]:
-    from pydantic import ValidationError
-
     if type(payload) is not dict:
         raise _rejection(api, payload)
     try:
         return validator.validate_python(payload)
-    except ValidationError as exc:
+    except _validation_error() as exc:  # looked up only when a check fails: an import per request costs
         raise _invalid(api, exc) from None
+
+
+def _validation_error() -> type[Exception]:
+    from pydantic import ValidationError
+
+    return ValidationError
 
 
 def _row_counter(api: ApiSpec, checked: bool) -> Callable[[dict[str, Any]], int]:
