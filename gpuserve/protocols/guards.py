@@ -181,41 +181,51 @@ def json_content(request: web.BaseRequest) -> str | None:
     return f"Content-Type {kind or raw!r} is not JSON: send application/json (or no Content-Type)"
 
 
-def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> Awaitable[bytes | bytearray]:
+def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> Awaitable[bytes]:
     """The whole body, to await; `BodyRefused` with 413 (at once) when its declared length is over
-    `max_size`, 413 when a body without one grows over it, 408 when it takes longer than `timeout` seconds.
+    `max_size`, 413 when the body grows over it (no length declared, or decompressed), 408 when it takes
+    longer than `timeout` seconds.
 
-    A body that has all arrived (most do, with their head) is read without a timer. A body of a
-    declared length is copied once, into a buffer of that length (aiohttp's `read` copies it twice: into
-    a growing bytearray, then into bytes); one that came in a single piece is not copied at all.
+    A body that has all arrived (most do, with their head) is read without a timer. Its pieces are
+    taken as they came and joined once at the end: one copy (aiohttp's `read` makes two or three), and
+    memory for what has arrived only, never for what a `Content-Length` merely claims. A body that came
+    in a single piece is not copied at all.
     """
     length = request.content_length
     if length is not None and length > max_size:
         raise BodyRefused(413, f"request body of {length} bytes is larger than {max_size} bytes (--max-body-size)")
     if not request.content.is_eof():
-        return _read_slowly(request.content, length, max_size, timeout)
-    return _read_all(request.content, length, max_size)
+        return _read_slowly(request.content, max_size, timeout)
+    return _read_all(request.content, max_size)
 
 
-async def _read_all(content: StreamReader, length: int | None, max_size: int) -> bytes | bytearray:
-    chunk = await content.readany()
-    if content.is_eof():  # it came in one piece: that piece is the body
-        if len(chunk) > max_size:  # chunked: no length was declared
+async def _read_all(content: StreamReader, max_size: int) -> bytes:
+    piece = await _next_piece(content)
+    if content.at_eof():  # it came in one piece: that piece is the body
+        if len(piece) > max_size:  # no length was declared (chunked), or the body was decompressed
             raise _too_large(max_size)
-        return chunk
-    body, size = bytearray(length or 0), 0
-    while chunk:
-        end = size + len(chunk)
-        if end > max_size:
+        return piece
+    pieces, size = [], 0
+    while piece:
+        size += len(piece)
+        if size > max_size:
             raise _too_large(max_size)
-        body[size:end] = chunk  # in place when the length was declared, else appended
-        size = end
-        chunk = await content.readany()
-    return body
+        pieces.append(piece)
+        piece = await _next_piece(content)
+    return b"".join(pieces)
+
+
+async def _next_piece(content: StreamReader) -> bytes:
+    """The next piece of the body as it came (`readany` would join those already here: a copy), b"" at
+    its end; the ends of HTTP chunks are skipped."""
+    while True:
+        piece, chunk_end = await content.readchunk()
+        if piece or not chunk_end:
+            return piece
 
 
 if sys.version_info >= (3, 11):
-    async def _within(body: Awaitable[bytes | bytearray], timeout: float) -> bytes | bytearray:
+    async def _within(body: Awaitable[bytes], timeout: float) -> bytes:
         # A timer on the handler's own task: `wait_for` would run the read in a task of its own.
         async with asyncio.timeout(timeout):
             return await body
@@ -227,9 +237,8 @@ def _too_large(max_size: int) -> BodyRefused:
     return BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)")
 
 
-async def _read_slowly(content: StreamReader, length: int | None, max_size: int,
-                       timeout: float) -> bytes | bytearray:
+async def _read_slowly(content: StreamReader, max_size: int, timeout: float) -> bytes:
     try:
-        return await _within(_read_all(content, length, max_size), timeout)
+        return await _within(_read_all(content, max_size), timeout)
     except asyncio.TimeoutError:
         raise BodyRefused(408, f"request body took longer than {timeout:g} s (--body-timeout)") from None
