@@ -183,7 +183,8 @@ def x_input(shape, **parameters):
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "parameters": parameters}]}
 
 
-@pytest.mark.parametrize("header, binary, length, says", [
+X = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1, 2, 3, 4]]}
+MALFORMED = [
     (x_input([1, 4], binary_data_size=64), b"\0" * 16, None, "runs past the end of the body"),
     (x_input([1, 4], binary_data_size=-4), b"", None, "binary_data_size -4 is invalid"),
     (x_input([1, 4], binary_data_size=16), b"\0" * 16, 10**6, "does not fit a body"),
@@ -194,13 +195,30 @@ def x_input(shape, **parameters):
     ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, "x", 4]}]}, b"", None,
      "must be numbers"),
     ({"inputs": []}, b"", None, "missing input(s) ['x']"),
-])
+    ({"inputs": [{**X, "parameters": [1]}]}, b"", None, "input 'x': 'parameters' must be an object, not a list"),
+    ({"inputs": [X], "outputs": [{"name": "output", "parameters": "bin"}]}, b"", None,
+     "output 'output': 'parameters' must be an object, not a string"),
+    ({"inputs": [X], "parameters": 7}, b"", None, "the request: 'parameters' must be an object, not a number"),
+]
+
+
+@pytest.mark.parametrize("header, binary, length, says", MALFORMED)
 def test_malformed_requests_are_400_and_the_next_good_one_succeeds(server, header, binary, length, says):
     status, body = post(server, "/v2/models/scale/infer", header, binary, length)
     assert status == 400 and says in body["error"], body
-    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [[1, 2, 3, 4]]}]}
-    status, raw = post(server, "/v2/models/scale/infer", good)
+    status, raw = post(server, "/v2/models/scale/infer", {"inputs": [X]})
     assert status == 200 and json.loads(raw)["outputs"][0]["data"] == [2, 4, 6, 8]
+
+
+def test_the_decode_helper_refuses_what_the_loop_refuses_in_the_same_words(server, tmp_path):
+    """Headers parsed in the helper process (`--off-loop-decode-size`) get the loop's answers, not a 503."""
+    with serve("tensors:Tensors", "--off-loop-decode-size", "10", log_dir=tmp_path) as helped:
+        for header, binary, length, _ in MALFORMED:
+            (status, body), (its_status, its_body) = (post(s, "/v2/models/scale/infer", header, binary, length)
+                                                      for s in (helped, server))
+            assert (status, body["error"]) == (its_status, its_body["error"])
+        status, raw = post(helped, "/v2/models/scale/infer", {"inputs": [X]})
+        assert status == 200 and json.loads(raw)["outputs"][0]["data"] == [2, 4, 6, 8]
 
 
 def test_the_asyncio_client(server):

@@ -103,8 +103,8 @@ def _row_counter(api: ApiSpec, checked: bool) -> Callable[[dict[str, Any]], int]
             if not isinstance(value, list) and not hasattr(value, "shape"):
                 raise BadRequest(
                     f"parameter {name!r} of batchable API {api.name!r} carries rows: expected a list "
-                    f"(or array) of 1..{limit} rows, got {_json_type(value)}",
-                    [{"param": name, "path": "", "expected": f"a list of 1..{limit} rows", "got": _json_type(value)}],
+                    f"(or array) of 1..{limit} rows, got {json_type(value)}",
+                    [{"param": name, "path": "", "expected": f"a list of 1..{limit} rows", "got": json_type(value)}],
                 )
             counts[name] = len(value)
         found = set(counts.values())
@@ -167,7 +167,8 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words, for error messages: "a list", "an object"..."""
     names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", dict: "an object",
              list: "a list", type(None): "null"}
     return names.get(type(value), type(value).__name__)
@@ -176,7 +177,7 @@ def _json_type(value: Any) -> str:
 def _rejection(api: ApiSpec, payload: Any) -> BadRequest:
     if not isinstance(payload, dict):
         return BadRequest(
-            f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, got {_json_type(payload)}"
+            f"expected a JSON object of {api.name!r}'s parameters {list(api.params)}, got {json_type(payload)}"
         )
     unknown = payload.keys() - set(api.params)
     if unknown:

@@ -23,6 +23,7 @@ import orjson
 
 from gpuserve.arrays import ANY
 from gpuserve.errors import GpuserveError
+from gpuserve.protocols.json_codec import json_type
 from gpuserve.protocols.v2_model import BINARY_ONLY, DTYPES, Tensor, V2Model
 
 _LENGTH = struct.Struct("<I")
@@ -125,7 +126,7 @@ def _input(model: V2Model, given: Any, binary: _BinaryBody) -> tuple[str, Any]:
         raise V2BadRequest(f"input {name!r}: datatype {datatype!r} is wrong: the model takes {tensor.datatype}")
     shape = _shape(tensor, given.get("shape"))
     count = math.prod(shape)
-    size = (given.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(given, f"input {name!r}").get("binary_data_size")
     if size is not None:
         return name, _from_binary(tensor, shape, count, binary.take(size, name))
     if datatype in BINARY_ONLY:
@@ -133,6 +134,16 @@ def _input(model: V2Model, given: Any, binary: _BinaryBody) -> tuple[str, Any]:
     if "data" not in given:
         raise V2BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size")
     return name, _from_json(tensor, shape, count, given["data"])
+
+
+def _parameters(given: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """The `parameters` of a request, an input or an output: an object (its unknown keys ignored), or none."""
+    parameters = given.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise V2BadRequest(f"{where}: 'parameters' must be an object, not {json_type(parameters)}")
+    return parameters
 
 
 def _shape(tensor: Tensor, shape: Any) -> tuple[int, ...]:
@@ -245,8 +256,7 @@ def _text(name: str, value: Any) -> str:
 
 
 def _requested(model: V2Model, header: Mapping[str, Any]) -> Requested:
-    parameters = header.get("parameters") or {}
-    default = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    default = bool(_parameters(header, "the request").get("binary_data_output", False))
     asked = header.get("outputs")
     if asked is None:  # every output; binary-only ones as binary whatever the default
         return Requested(tuple(t.name for t in model.outputs),
@@ -260,7 +270,7 @@ def _requested(model: V2Model, header: Mapping[str, Any]) -> Requested:
         if name not in datatypes:
             raise V2BadRequest(f"unknown output {name!r}; model {model.name!r} has {sorted(datatypes)}")
         names.append(name)
-        own = (output.get("parameters") or {}).get("binary_data")
+        own = _parameters(output, f"output {name!r}").get("binary_data")
         binary[name] = default if own is None else bool(own)
     for name in names:
         if datatypes[name] in BINARY_ONLY and not binary[name]:
