@@ -77,3 +77,14 @@ def test_a_claimed_length_sets_no_memory_aside_before_the_body_comes(server):
     assert grown < RSS_BOUND, f"RSS grew by {grown / MiB:.0f} MiB for {IDLE} bodies of one byte"
     assert server.post("echo", {"value": 1}).body == 1
 
+
+@pytest.mark.parametrize("where", ["loop", "helper"])
+def test_a_check_that_raises_is_500_without_retry_after_wherever_the_body_is_decoded(tmp_path, where):
+    """A body the decoder fails on fails again: 500, not a 503 that invites the client to send it again."""
+    args = ("--off-loop-decode-size", "1") if where == "helper" else ()
+    with serve("hostile:BrokenCheck", *args, log_dir=tmp_path) as broken:
+        for _ in range(2):  # the helper is still there for the next body
+            reply = broken.post("take", {"value": 1})
+            assert reply.status == 500 and "retry-after" not in {k.lower() for k in reply.headers}, reply
+        if where == "helper":
+            assert "decoding failed: RuntimeError: this check is broken" in reply.body["error"]

@@ -90,9 +90,12 @@ def body_refused(exc: BodyRefused, rid: str) -> web.Response:
 
 
 def offload_failed(state: ServerState, exc: OffloadFailed, rid: str) -> web.Response:
-    """503 for a body the helper process could not decode (it died, or could not start): a retry may work."""
+    """503 for a body the helper process could not decode because it died or could not start (a retry may
+    work); 500 when the decoder itself raised (it would again)."""
     log.error("request %s: %s", rid, exc)
-    return closing(state, json_error(503, str(exc), rid, retry_after=1))
+    if exc.retryable:
+        return closing(state, json_error(503, str(exc), rid, retry_after=1))
+    return closing(state, json_error(500, str(exc), rid))
 
 
 def taking(state: ServerState, guards: Guards, request: web.Request, rid: str,

@@ -54,7 +54,12 @@ STOP_GRACE_S = 2.0
 
 
 class OffloadFailed(GpuserveError):
-    """The helper process could not decode a body (it failed to start, or died); a retry may work."""
+    """The helper process could not decode a body: it failed to start, or died (`retryable`: a retry may
+    work), or the decoder raised what it should not have (not retryable: the same body would fail again)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class DecodeWorker:
@@ -92,7 +97,7 @@ class DecodeWorker:
                                 f"{size} bytes; it is started again for the next one") from None
         if reply[0] == "failed":
             failure: Failure = reply[1]
-            raise OffloadFailed(f"decoding failed: {failure.type}: {failure.message}")
+            raise OffloadFailed(f"decoding failed: {failure.type}: {failure.message}", retryable=False)
         return reply
 
     async def _started(self) -> Channel:

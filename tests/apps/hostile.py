@@ -8,6 +8,7 @@ from typing import Annotated
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import BeforeValidator
 
 import gpuserve
 
@@ -46,3 +47,16 @@ class Rows:
     def total(self, x: Annotated[NDArray[np.float32], gpuserve.Shape(-1, FEATURES)]) -> float:
         """One request of any number of rows: a large body that is valid."""
         return float(x.sum())
+
+
+def _broken_check(value: object) -> object:
+    raise RuntimeError("this check is broken")
+
+
+@gpuserve.service(backend="cpu")
+class BrokenCheck:
+    """A parameter whose own check raises what no check should (not a ValueError): a bug in the service."""
+
+    @gpuserve.api
+    def take(self, value: Annotated[int, BeforeValidator(_broken_check)]) -> int:
+        return value
