@@ -183,6 +183,7 @@ def local_plan(spec: ServiceSpec, settings: Settings, backend: Backend, environ:
         cpu_devices=settings.cpu_devices,
         gpu_capable=backend.uses_gpus,
         gpu_incapable_reason=f"backend {backend.name!r} runs on the CPU only",
+        instances=settings.instances_per_device,
     )
 
 

@@ -10,8 +10,8 @@ inherited `CUDA_VISIBLE_DEVICES`, so a device outside it is never used):
   each capped at f of the GPU's memory; a GPU is never overcommitted.
 - `gpu_type` keeps GPUs of that type; `gpu_memory` keeps GPUs with that much
   free (per worker), most free first.
-- `memory`: the host's physical memory must hold every worker's, whatever
-  devices they get.
+- `memory`: the host's physical memory must hold every replica's (each of a
+  worker's `instances` holds its own), whatever devices they get.
 - A MIG device is the only device of its worker: one CUDA process enumerates
   one MIG device and no plain GPU beside it (NVIDIA's MIG user guide, see
   `gpuserve.devices.visibility`), so `gpu: N` with N >= 2 never takes one,
@@ -50,8 +50,9 @@ class Plan:
     workers: tuple[WorkerPlan, ...]
     fallback_reason: str | None = None  # set when on CPU although GPUs were asked for
     inventory_source: str = ""
-    memory: int | None = None  # host memory each worker declared (bytes)
+    memory: int | None = None  # host memory each replica declared (bytes)
     host_memory: int | None = None  # the host's physical memory it was checked against
+    instances: int = 1  # replicas of each worker (`--instances-per-device`): each holds its own memory
 
     def gpu_union(self) -> tuple[Device, ...]:
         """Every planned GPU once, in CUDA ordinal order."""
@@ -100,7 +101,7 @@ class Plan:
             cap = f", memory cap {format_bytes(worker.memory_limit)}" if worker.memory_limit else ""
             lines.append(f"worker {worker.index}: {devices}{cap}")
         if self.memory is not None and self.host_memory is not None:
-            lines.append(f"{_memory_asked(self.memory, len(self.workers))}; "
+            lines.append(f"{_memory_asked(self.memory, len(self.workers), self.instances)}; "
                          f"the host has {format_bytes(self.host_memory)}")
         return lines
 
@@ -123,6 +124,7 @@ class Plan:
             "inventory_source": self.inventory_source,
             "memory": self.memory,
             "host_memory": self.host_memory,
+            "instances": self.instances,
         }
 
 
@@ -135,10 +137,12 @@ def plan(
     cpu_devices: int = 1,
     gpu_capable: bool = True,
     gpu_incapable_reason: str = "",
+    instances: int = 1,
 ) -> Plan:
-    """Place `workers` replicas, each needing `resources`, on `inventory`'s devices."""
+    """Place `workers` workers, each needing `resources`, on `inventory`'s devices; each worker runs
+    `instances` replicas, and each replica holds the host `memory` declared."""
     resources = Resources.parse(resources)
-    for name, value in (("workers", workers), ("cpu_devices", cpu_devices)):
+    for name, value in (("workers", workers), ("cpu_devices", cpu_devices), ("instances", instances)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PlanError(f"{name}={value!r} is invalid: it must be a whole number, 1 or more")
     host = None
@@ -147,10 +151,10 @@ def plan(
         # is free now: that rises and falls with the page cache and other processes, and one service on one
         # machine should plan the same each time.
         host = host_memory().total
-        if workers * resources.memory > host:
-            raise PlanError(_no_room_in_memory(resources.memory, workers, host))
+        if workers * instances * resources.memory > host:
+            raise PlanError(_no_room_in_memory(resources.memory, workers, instances, host))
     placed = _device_plan(resources, workers, inventory, require_gpu, cpu_devices, gpu_capable, gpu_incapable_reason)
-    return attrs.evolve(placed, memory=resources.memory, host_memory=host)
+    return attrs.evolve(placed, memory=resources.memory, host_memory=host, instances=instances)
 
 
 def _device_plan(
@@ -280,16 +284,19 @@ def _asked(resources: Resources, workers: int) -> str:
     return f"asked for {workers} worker(s) x {per_worker}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _memory_asked(memory: int, workers: int) -> str:
-    return f"{workers} worker(s) x {format_bytes(memory)} of host memory ({format_bytes(workers * memory)} in all)"
+def _memory_asked(memory: int, workers: int, instances: int = 1) -> str:
+    each = f"{instances} instance(s) x " if instances > 1 else ""
+    total = format_bytes(workers * instances * memory)
+    return f"{workers} worker(s) x {each}{format_bytes(memory)} of host memory ({total} in all)"
 
 
-def _no_room_in_memory(memory: int, workers: int, host: int) -> str:
-    options = [f"workers={host // memory}"] if host >= memory else []
-    if host // workers >= 2**20:
-        options.append(f"memory='{host // workers // 2**20}MiB'")
+def _no_room_in_memory(memory: int, workers: int, instances: int, host: int) -> str:
+    replicas = workers * instances
+    options = [f"workers={host // (memory * instances)}"] if host >= memory * instances else []
+    if host // replicas >= 2**20:
+        options.append(f"memory='{host // replicas // 2**20}MiB'")
     return (
-        f"cannot place the workers: asked for {_memory_asked(memory, workers)}, "
+        f"cannot place the workers: asked for {_memory_asked(memory, workers, instances)}, "
         f"but this host has {format_bytes(host)} of physical memory.\n"
         f"Write instead one of: {'; '.join(options)}"
     )

@@ -9,8 +9,9 @@
   `nvidia-tesla-t4`, `nvidia-a10g`, ...), matched against NVML device names.
 - `gpu_memory`: memory the worker needs free on each of its GPUs, as bytes or
   a string with a unit (`"16GiB"`, `"512MiB"`, `"16GB"`).
-- `memory`: host memory (RAM) the worker needs, in the same forms; a service
-  on the CPU (`gpu: 0`) may declare it too.
+- `memory`: host memory (RAM) each replica needs (each of a worker's
+  instances holds its own), in the same forms; a service on the CPU
+  (`gpu: 0`) may declare it too.
 
 Bad values raise `DeclarationError` naming the value and what is valid.
 """
@@ -104,7 +105,10 @@ def parse_bytes(value: Any, *, what: str = "gpu_memory") -> int:
                 f"{what}={value!r} is not a memory size: write a number with one of the "
                 f"units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (e.g. '16GiB'), or bytes as an int"
             )
-        amount = int(float(match.group(1)) * _UNITS[unit])
+        scaled = float(match.group(1)) * _UNITS[unit]
+        if not math.isfinite(scaled):  # hundreds of digits: past any float, and any machine
+            raise DeclarationError(f"{what}={value!r} is too large to be a memory size")
+        amount = int(scaled)
     if amount <= 0:
         raise DeclarationError(f"{what}={value!r} must be more than 0 bytes")
     return amount

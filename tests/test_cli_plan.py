@@ -160,3 +160,5 @@ def test_host_memory_is_shown_with_the_plan_and_a_host_too_small_refuses_it(
     refused = gpuserve("plan", "ram:Huge", env=fake_env, cwd=app_dir)
     assert refused.returncode == 2 and refused.stdout == ""
     assert "asked for 1 worker(s) x 1000.0 TiB of host memory (1000.0 TiB in all), but this host has " in refused.stderr
+    instances = gpuserve("plan", "ram:Small", "--instances-per-device", "3", env=fake_env, cwd=app_dir)
+    assert "  2 worker(s) x 3 instance(s) x 1.0 MiB of host memory (6.0 MiB in all)" in instances.stdout

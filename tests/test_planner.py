@@ -202,6 +202,21 @@ def test_host_memory_too_small_for_every_worker_says_what_was_asked_and_what_the
         plan({"memory": HOST_MEMORY // 2}, 3, Inventory())
 
 
+def test_host_memory_counts_every_instance_of_every_worker(machine) -> None:
+    """Each of a worker's instances (`--instances-per-device`) is a replica with its own copy of the model."""
+    third = HOST_MEMORY // 3
+    assert plan({"memory": third}, 1, Inventory(), instances=2).instances == 2  # two thirds: fits
+    with pytest.raises(PlanError) as caught:
+        plan({"memory": third}, 1, Inventory(), instances=4)
+    message = str(caught.value)
+    assert f"asked for 1 worker(s) x 4 instance(s) x {format_bytes(third)} of host memory" in message
+    assert message.endswith(f"Write instead one of: memory='{HOST_MEMORY // 4 // 2**20}MiB'")
+    with pytest.raises(PlanError, match=r"Write instead one of: workers=1; memory="):
+        plan({"memory": third}, 2, Inventory(), instances=2)
+    shown = plan({"memory": 2**20}, 2, Inventory(), instances=3)
+    assert shown.describe()[-1].startswith("2 worker(s) x 3 instance(s) x 1.0 MiB of host memory (6.0 MiB in all)")
+
+
 def test_host_memory_that_fits_is_in_the_plan_whatever_devices_the_workers_get(machine) -> None:
     inventory = machine([fake_gpu(0)])
     on_gpu = plan({"gpu": 0.5, "memory": "1MiB"}, 2, inventory)

@@ -76,6 +76,7 @@ def test_host_memory_is_declared_beside_the_gpus_or_without_any() -> None:
         (-1, "memory=-1 must be more than 0 bytes"),
         (2.5, "memory=2.5 is not a memory size: write bytes as an int, or a string such as '16GiB'"),
         (True, "memory=True is not a memory size"),
+        ("9" * 400 + "GiB", "is too large to be a memory size"),
     ],
 )
 def test_bad_memory_names_the_value_and_what_is_valid(value: object, says: str) -> None:

@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
         help="fail instead of falling back to the CPU when no GPU can be used",
     )
     parser.add_argument("--cpu-devices", type=int, metavar="N", help="virtual CPU devices to plan on (default 1)")
+    parser.add_argument("--instances-per-device", type=int, metavar="N",
+                        help="replicas per planned device, each holding its own host memory (default 1)")
     parser.add_argument("--isolation", choices=[i.value for i in Isolation],
                         help="replicas as threads or processes (default: the service's, else as serve decides)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             "workers": args.workers,
             "require_gpu": args.require_gpu,
             "cpu_devices": args.cpu_devices,
+            "instances_per_device": args.instances_per_device,
             "isolation": args.isolation,
         }
         settings = Settings.from_sources(flags, os.environ)
