@@ -4,7 +4,9 @@ killed under load, arrays through the object store, loopback only, nothing left 
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -155,6 +157,35 @@ def test_arrays_reach_a_replica_through_the_object_store_read_only(ray_cluster):
         assert "read-only" in seen["in_place"]  # an in-place change raises; a copy is the user's to change
         assert seen["copy_sum"] == 2 * array.size
     assert big.sum() == big.size and small.sum() == small.size  # the sender's arrays are untouched
+
+
+def test_a_batch_given_up_while_it_runs_leaves_its_replica_serving(ray_cluster, caplog):
+    """A batch cancelled mid-run (the server stopping, say) must not wedge the compiled graph behind it."""
+    spec = import_service("placed:Naps", [str(APPS)])
+    settings = Settings(executors="ray", ray_address=ray_cluster.address)
+    kind = RayKind(Target(spec, "placed:Naps", installed_backend("cpu").cls(), settings, dict(os.environ)))
+    kind.plan()
+    [executor] = kind.executors()
+
+    async def scenario():
+        await executor.start()
+        try:
+            running = asyncio.ensure_future(executor.run("nap", [{"seconds": 1.0}], [json.dumps]))
+            await asyncio.sleep(0.3)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            return await asyncio.wait_for(executor.run("nap", [{"seconds": 0.0}], [json.dumps]), 30)
+        finally:
+            await executor.stop()
+
+    caplog.set_level(logging.INFO, logger="gpuserve.ray")
+    try:
+        result = asyncio.run(scenario())
+    finally:
+        kind.close()
+    assert "batches through a compiled graph" in caplog.text  # the path under test, not the fallback
+    assert [json.loads(outcome) for outcome in result.outcomes] == [0.0]
 
 
 def test_a_local_ray_started_by_the_server_ends_with_it(tmp_path, request):

@@ -179,10 +179,13 @@ class RayExecutor(Executor):
         assert self._gone is not None
         try:
             await asyncio.wait((answer, self._gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not answer.done():
-                answer.cancel()
-        if not answer.done() or answer.cancelled():
+        except asyncio.CancelledError:
+            # The batch is given up here, not in the graph: cancelling Ray's future would stop the graph's
+            # reader, and every later batch would wait forever. Its answer arrives and is dropped.
+            answer.add_done_callback(_drop)
+            raise
+        if not answer.done() or answer.cancelled():  # the actor is gone: its graph goes with it
+            answer.cancel()
             raise self._died("its process ended while it ran the batch")
         try:
             return answer.result()
@@ -214,13 +217,18 @@ class RayExecutor(Executor):
         self._lost = True
         if actor is None:
             return True
+        self._teardown(graph)  # first: torn down after its actor, the graph logs the actor's death as an error
         ray.kill(actor, no_restart=True)
-        self._teardown(graph)
         try:
             await asyncio.wait_for(actor.until_lost.remote(), grace_s)
         except (RayActorError, asyncio.TimeoutError):
             pass
         return True
+
+
+def _drop(answer: asyncio.Future[Any]) -> None:
+    if not answer.cancelled():
+        answer.exception()  # retrieved: a failure nobody waits for any more is not logged as unhandled
 
 
 def _first_line(exc: BaseException) -> str:

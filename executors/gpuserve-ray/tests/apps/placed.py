@@ -59,3 +59,11 @@ class Arrays:
             wrote = str(exc)
         return {"writeable": x.flags.writeable, "sum": float(x.sum()), "in_place": wrote,
                 "copy_sum": float((np.array(x) + 1).sum())}
+
+
+@gpuserve.service(backend="cpu")
+class Naps:
+    @gpuserve.api
+    def nap(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
