@@ -80,7 +80,15 @@ class Failure:
     @classmethod
     def of(cls, exc: BaseException, message: str | None = None) -> "Failure":
         text = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(type(exc).__name__, str(exc) if message is None else message, text)
+        return cls(type(exc).__name__, exc_text(exc) if message is None else message, text)
+
+
+def exc_text(exc: BaseException) -> str:
+    """`str(exc)`, or a stand-in when the exception cannot say (its `__str__` raised): a failure must travel."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: its str() raised>"
 
 
 @attrs.frozen

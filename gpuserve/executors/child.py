@@ -37,7 +37,7 @@ from gpuserve.executors import wire
 from gpuserve.executors.hosting import build_replica, import_service
 from gpuserve.executors.replica import Replica
 from gpuserve.executors.streaming import StreamControl
-from gpuserve.outcomes import Failure
+from gpuserve.outcomes import BatchResult, Failure
 
 _CHUNK = 1 << 20
 _TO_REPLICA = ("cancel", "credit")  # messages for the batch that runs, handed to the replica
@@ -130,14 +130,23 @@ def serve(fd: int) -> None:
             if message[0] == "run":
                 _, batch, api_name, items, encoders = message
                 # Results travel encoded by their protocols' encoders (in `run`), so they always pickle.
-                wire.send(conn, replica.run(api_name, items, encoders, batch))
+                wire.send(conn, _guarded(replica.run, api_name, items, encoders, batch))
             elif message[0] == "stream":
                 _, batch, api_name, items, encoders = message
-                wire.send(conn, replica.stream(api_name, items, encoders, batch, _sender(conn, batch),
-                                               _InboxControl(len(items), inbox, replica)))
+                wire.send(conn, _guarded(replica.stream, api_name, items, encoders, batch, _sender(conn, batch),
+                                         _InboxControl(len(items), inbox, replica)))
             # else: a cancel or credit for a batch that already ended
     except EOFError:
         return
+
+
+def _guarded(call: Callable[..., BatchResult], *args: Any) -> BatchResult:
+    """A batch's result; what escaped the replica's own handling fails the batch, not this process (whose
+    death would cost a rebuild and blame the batch's inputs), as a thread replica's batch would fail."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        return BatchResult([], 0.0, Failure.of(exc))
 
 
 def _sender(conn: socket.socket, batch: int) -> Callable[[list[int], list[Any]], None]:

@@ -28,7 +28,7 @@ from typing import Any
 from gpuserve.backend import Backend
 from gpuserve.context import ReplicaContext, bind
 from gpuserve.executors.streaming import Emit, StreamControl, run_stream, steps_for
-from gpuserve.outcomes import BatchResult, Encoder, Failure
+from gpuserve.outcomes import BatchResult, Encoder, Failure, exc_text
 from gpuserve.service import ApiSpec, ServiceSpec
 from gpuserve.signature import Param
 
@@ -39,8 +39,8 @@ def _encoded(outcome: Any, encode: Encoder) -> Any:
         return outcome
     try:
         return encode(outcome)
-    except (TypeError, ValueError) as exc:
-        return Failure.of(exc, f"its result cannot be encoded: {exc}")
+    except Exception as exc:  # a result its protocol cannot frame fails its own request, no other
+        return Failure.of(exc, f"its result cannot be encoded: {exc_text(exc)}")
 
 
 def _encode_all(outcomes: list[Any], encoders: Sequence[Encoder]) -> list[Any]:
@@ -49,7 +49,7 @@ def _encode_all(outcomes: list[Any], encoders: Sequence[Encoder]) -> list[Any]:
     if encoders.count(first) == len(encoders) and not any(isinstance(o, Failure) for o in outcomes):
         try:
             return list(map(first, outcomes))
-        except (TypeError, ValueError):  # some result cannot be encoded: find which, request by request
+        except Exception:  # some result cannot be encoded: find which, request by request
             pass
     return [_encoded(outcome, encode) for outcome, encode in zip(outcomes, encoders)]
 

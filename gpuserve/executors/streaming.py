@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any
 
-from gpuserve.outcomes import END, BatchResult, Encoder, Failure, StreamWindow
+from gpuserve.outcomes import END, BatchResult, Encoder, Failure, StreamWindow, exc_text
 
 log = logging.getLogger("gpuserve.api")
 
@@ -298,8 +298,8 @@ def run_stream(steps: _Batched | _Each | _Async, encoders: Sequence[Encoder], em
                 else:
                     try:
                         outcome = encoders[index](value)
-                    except (TypeError, ValueError) as exc:
-                        outcome = Failure.of(exc, f"a value it yielded cannot be encoded: {exc}")
+                    except Exception as exc:
+                        outcome = Failure.of(exc, f"a value it yielded cannot be encoded: {exc_text(exc)}")
                     else:
                         outcomes.append(outcome)
                         size += len(outcome)

@@ -65,3 +65,28 @@ class Tensors:
     @gpuserve.api
     def opaque(self, anything) -> dict:
         return {"got": anything}
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception has no text")
+
+
+@gpuserve.service(backend="cpu")
+class Sloppy:
+    """Results and errors a careless service makes: what the server must survive, one request at a time."""
+
+    @gpuserve.api
+    def record(self, x: Annotated[NDArray[np.float32], Shape(3)]) -> Scored:
+        """Leaves `scores` out when the first value is negative: a record the v2 encoder cannot frame."""
+        return {"label": int(x.argmax()), **({} if x[0] < 0 else {"scores": x.tolist()})}  # type: ignore[typeddict-item]
+
+    @gpuserve.api
+    def unprintable(self) -> int:
+        raise Unprintable()
+
+    @gpuserve.api
+    def whoami(self) -> int:
+        import os
+
+        return os.getpid()
