@@ -174,3 +174,21 @@ def test_the_server_raises_its_open_file_limit_and_keeps_room_below_it(tmp_path)
     served = next(line for line in server.log().splitlines() if "at most" in line)
     most = int(served.split("at most ")[1].split()[0])
     assert most < int(soft)
+
+
+def test_a_next_head_that_begins_while_a_request_runs_is_timed_from_its_first_byte(tmp_path):
+    """Pipelined: the next head's first bytes come during a call; once answered, it has --header-timeout
+    left to be complete, not the keep-alive timeout."""
+    args = ("--header-timeout", "1", "--keepalive-timeout", "60")
+    with serve("hostile:Guarded", *args, log_dir=tmp_path) as server, connect(server.port) as sock:
+        sock.sendall(post("/hang", b'{"seconds": 0.5}'))
+        time.sleep(0.1)
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        answer = read_answer(sock)
+        assert answer is not None and answer.status == 200
+        assert closed_by_server(sock, within=CLOSE_WITHIN_S / 2)  # far below the keep-alive's 60 s
+        # A connection that only waits (no head begun) is still the keep-alive's to close.
+        with connect(server.port) as idle:
+            idle.sendall(post("/hang", b'{"seconds": 0.5}'))
+            assert read_answer(idle).status == 200
+            assert not closed_by_server(idle, within=3)

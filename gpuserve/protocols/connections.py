@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 log = logging.getLogger("gpuserve")
 # Descriptors kept for the server itself (executors, files, the answers of
@@ -155,7 +155,7 @@ class Connection(asyncio.Protocol):
     """One client connection: aiohttp's handler inside, its head timer, its place in the count, its holds."""
 
     __slots__ = ("inner", "transport", "over_limit", "busy", "_census", "_limits", "_loop", "_head_since",
-                 "_timer", "_held")
+                 "_timer", "_held", "_body", "_next_head_since")
 
     def __init__(self, inner: asyncio.Protocol, census: Census, limits: ConnectionLimits,
                  loop: asyncio.AbstractEventLoop) -> None:
@@ -169,6 +169,8 @@ class Connection(asyncio.Protocol):
         self._head_since: float | None = None  # when the head now arriving began
         self._timer: asyncio.TimerHandle | None = None
         self._held: asyncio.TimerHandle | None = None  # reading resumes when it fires
+        self._body: StreamReader | None = None  # the body of the request being handled
+        self._next_head_since: float | None = None  # when bytes past that body began to come: the next head
 
     # -- asyncio.Protocol: everything goes on to aiohttp's handler ---------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -179,8 +181,13 @@ class Connection(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_since is None and not self.busy:
-            self._head_began()
+        if not self.busy:
+            if self._head_since is None:
+                self._head_began()
+        elif self._next_head_since is None and (self._body is None or self._body.is_eof()):
+            # Its request's body had all come before these bytes: they begin the next head (pipelined),
+            # to be timed from now, once the handler is done.
+            self._next_head_since = self._loop.time()
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -203,13 +210,19 @@ class Connection(asyncio.Protocol):
         self.inner.connection_lost(exc)
 
     # -- what the guard tells it ---------------------------------------------------------------
-    def started(self) -> None:
-        """A request's head is complete and its handler runs."""
+    def started(self, body: StreamReader | None = None) -> None:
+        """A request's head is complete and its handler runs (`body`: what it reads its body from)."""
         self.busy = True
-        self._head_since = None
+        self._head_since = self._next_head_since = None
+        self._body = body
 
     def finished(self) -> None:
+        """Its handler is done; a next head that began meanwhile is timed from its first byte."""
         self.busy = False
+        self._body = None
+        if self._next_head_since is not None:
+            self._head_began(since=self._next_head_since)
+            self._next_head_since = None
 
     def hold(self, retry_after: float, queue: str | None = None) -> float:
         """Read nothing more from this connection for a while: its request was refused for overload by
@@ -236,8 +249,8 @@ class Connection(asyncio.Protocol):
             transport.resume_reading()
 
     # -- the head timer ----------------------------------------------------------------------------
-    def _head_began(self) -> None:
-        self._head_since = self._loop.time()
+    def _head_began(self, since: float | None = None) -> None:
+        self._head_since = self._loop.time() if since is None else since
         if self._timer is None:
             self._timer = self._loop.call_at(self._head_since + self._limits.header_timeout, self._check_head)
 

@@ -142,7 +142,7 @@ def middleware(guards: Guards) -> Callable[[web.Request, Handler], Awaitable[web
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         connection = connection_of(request)
         if connection is not None:
-            connection.started()
+            connection.started(request.content)
         try:
             path = request.path
             if path in PROBES:
