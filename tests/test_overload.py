@@ -138,6 +138,9 @@ def test_memory_stays_bounded_with_one_stuck_call_and_600_kb_bodies(tmp_path):
 ROWS = 380_000
 ROW = [0.5, -1.2, 3.3, 0.0, 2.1, -0.7, 1.5, 0.9]
 STALL_BOUND = "0.02"  # seconds: the bound this server keeps for its event loop
+# Each large request is sent this many times: decoding on the loop would stall it every time (about 600 ms
+# each), while this shared machine may pause the whole process once (it did, once in many CI runs).
+LARGE_SENT = 3
 
 
 def _stalls_over(server, bound: str) -> int:
@@ -156,10 +159,11 @@ def test_a_large_body_is_decoded_off_the_event_loop_and_the_row_limit_applies(tm
         assert server.post("predict", {"x": [ROW]}).body == [pytest.approx(sum(ROW))]
         assert server.post("total", valid).body == pytest.approx(sum(ROW) * 40_000, rel=1e-5)  # starts the helper
         before = _stalls_over(server, STALL_BOUND)
-        reply = server.post("predict", huge, timeout=120)
-        assert reply.status == 400 and "at most 64 item(s), got 380000" in reply.body["error"]
-        assert server.post("total", valid).status == 200
-        assert _stalls_over(server, STALL_BOUND) == before
+        for _ in range(LARGE_SENT):
+            reply = server.post("predict", huge, timeout=120)
+            assert reply.status == 400 and "at most 64 item(s), got 380000" in reply.body["error"]
+            assert server.post("total", valid).status == 200
+        assert _stalls_over(server, STALL_BOUND) - before <= 1
     assert len(huge) > 13 * 10**6
     assert "decoding large bodies in process" in server.log()
 
@@ -182,9 +186,10 @@ def test_a_large_v2_json_request_is_parsed_off_the_event_loop_and_the_row_limit_
         assert reply.body["outputs"][0]["data"] == [pytest.approx(sum(ROW) * 40_000, rel=1e-5)]
         assert "decoding large bodies in process" in server.log()
         before = _stalls_over(server, STALL_BOUND)
-        reply = server.post("v2/models/predict/infer", huge, timeout=120)
-        assert reply.status == 400 and "takes 1..64 rows per request (max_batch_size), got 380000" in \
-            reply.body["error"]
-        assert server.post("v2/models/total/infer", valid).status == 200
-        assert _stalls_over(server, STALL_BOUND) == before
+        for _ in range(LARGE_SENT):
+            reply = server.post("v2/models/predict/infer", huge, timeout=120)
+            assert reply.status == 400 and "takes 1..64 rows per request (max_batch_size), got 380000" in \
+                reply.body["error"]
+            assert server.post("v2/models/total/infer", valid).status == 200
+        assert _stalls_over(server, STALL_BOUND) - before <= 1
     assert len(huge) > 12 * 10**6
