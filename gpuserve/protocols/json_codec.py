@@ -41,7 +41,7 @@ class BadRequest(GpuserveError):
 Decoded = tuple[dict[str, Any], int]  # keyword arguments, and how many rows they carry
 
 
-def argument_decoder(api: ApiSpec) -> Callable[[bytes], Decoded]:
+def argument_decoder(api: ApiSpec) -> Callable[[bytes | memoryview], Decoded]:
     """Request bodies of one API to its checked keyword arguments and row count.
 
     Built once per route. Without annotations a well-formed body costs one
@@ -53,7 +53,7 @@ def argument_decoder(api: ApiSpec) -> Callable[[bytes], Decoded]:
     validator = api.signature.validator
     rows_of = _row_counter(api, checked=validator is not None) if api.batchable else None
 
-    def decode(body: bytes | bytearray) -> Decoded:
+    def decode(body: bytes | memoryview) -> Decoded:
         try:
             payload = loads(body)
         except orjson.JSONDecodeError as exc:

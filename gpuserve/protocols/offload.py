@@ -73,14 +73,14 @@ class DecodeWorker:
         self._channel: Channel | None = None
         self._starting = asyncio.Lock()  # one start at a time, whoever needs the helper first
 
-    async def decode(self, api_name: str, body: bytes | bytearray) -> Decoded:
+    async def decode(self, api_name: str, body: bytes) -> Decoded:
         """The checked arguments in `body` and their rows; `BadRequest` as `json_codec` raises it."""
         reply = await self._ask(("decode", api_name, 0, pickle.PickleBuffer(body)), len(body))
         if reply[0] == "bad":
             raise BadRequest(reply[1], reply[2])
         return reply[1], reply[2]
 
-    async def parse_v2(self, api_name: str, body: bytes | bytearray, header_size: int) -> Parsed:
+    async def parse_v2(self, api_name: str, body: bytes, header_size: int) -> Parsed:
         """A KServe v2 request of `api_name`, parsed; `V2BadRequest` as `v2_request.parse` raises it."""
         reply = await self._ask(("v2", api_name, header_size, pickle.PickleBuffer(body)), len(body))
         if reply[0] == "bad":
@@ -170,7 +170,7 @@ class _Parsers:
         gc.disable()
         try:
             if kind == "v2":
-                return ("ok", parse(self.v2[api_name], body, header_size))  # type: ignore[arg-type]
+                return ("ok", parse(self.v2[api_name], body, header_size))
             kwargs, rows = self.native[api_name](body)
             return ("ok", kwargs, rows)
         except BadRequest as exc:

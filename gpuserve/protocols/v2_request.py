@@ -62,7 +62,7 @@ def header_length(raw: str | None, body_size: int) -> int:
     return length
 
 
-def parse(model: V2Model, body: bytes | bytearray, header_size: int) -> Parsed:
+def parse(model: V2Model, body: bytes | memoryview, header_size: int) -> Parsed:
     try:
         header = orjson.loads(memoryview(body)[:header_size])
     except orjson.JSONDecodeError as exc:
@@ -94,7 +94,7 @@ def _required(model: V2Model, name: str) -> bool:
 class _BinaryBody:
     """The body after the JSON header, handed out tensor by tensor, in order."""
 
-    def __init__(self, body: bytes | bytearray, start: int) -> None:
+    def __init__(self, body: bytes | memoryview, start: int) -> None:
         self.body = body
         self.offset = start
 
@@ -105,7 +105,7 @@ class _BinaryBody:
         if end > len(self.body):
             raise V2BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body "
                                f"({len(self.body) - self.offset} bytes left)")
-        view = memoryview(self.body).toreadonly()[self.offset:end]  # the body may be a bytearray
+        view = memoryview(self.body).toreadonly()[self.offset:end]  # the decode helper's body is writable
         self.offset = end
         return view
 
