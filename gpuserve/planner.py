@@ -284,7 +284,7 @@ def _asked(resources: Resources, workers: int) -> str:
     return f"asked for {workers} worker(s) x {per_worker}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _memory_asked(memory: int, workers: int, instances: int = 1) -> str:
+def _memory_asked(memory: int, workers: int, instances: int) -> str:
     each = f"{instances} instance(s) x " if instances > 1 else ""
     total = format_bytes(workers * instances * memory)
     return f"{workers} worker(s) x {each}{format_bytes(memory)} of host memory ({total} in all)"
