@@ -234,6 +234,18 @@ def test_the_asyncio_client(server):
     assert live and ready and all((o == 2).all() and o.shape == (2, 4) for o in outputs)
 
 
+def test_a_models_infer_path_answers_as_its_versioned_one_and_says_which_method_it_takes(server):
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    plain = server.post("v2/models/scale/infer", body)
+    versioned = server.post("v2/models/scale/versions/1/infer", body)
+    assert plain.status == versioned.status == 200
+    assert plain.body["outputs"] == versioned.body["outputs"]
+    wrong = server.get("v2/models/scale/infer")
+    assert wrong.status == 405 and wrong.headers["Allow"] == "POST"
+    unknown = server.post("v2/models/nope/infer", body)
+    assert unknown.status == 404 and "unknown model 'nope'" in unknown.body["error"]
+
+
 def test_not_ready_is_503_with_a_json_error(tmp_path):
     with serve("basics:SlowStart", log_dir=tmp_path, wait_ready=False) as starting:
         with httpclient.InferenceServerClient(url=starting.url.removeprefix("http://")) as c:
