@@ -4,7 +4,8 @@ Start (`cleanup_ctx`): the dispatcher and its watchdog start, then every
 replica is built in the background, so `/livez` answers at once and `/readyz`
 turns 200 when all replicas are built (the heap built by then is frozen out of
 the garbage collector's sight, and young collections run less often: see
-`YOUNG_COLLECTION_ALLOCATIONS`). A replica that fails to build (at start, or
+`YOUNG_COLLECTION_ALLOCATIONS`), and the C heap is kept for the next requests
+rather than given back (`gpuserve.heap`). A replica that fails to build (at start, or
 `--max-build-failures` times in a row later) fails the server: `/readyz` says
 why, and by default the process exits with status 1.
 
@@ -31,6 +32,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gpuserve.heap import keep_heap
 from gpuserve.state import STATE, ServerState
 
 log = logging.getLogger("gpuserve")
@@ -61,6 +63,7 @@ async def replicas(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.pool.on_failure = state.fail
     gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *gc.get_threshold()[1:])
+    keep_heap()
     state.loop_watch.start()
     state.batcher.start(on_failure=lambda exc: _dispatcher_failed(state, exc))
     build = asyncio.get_running_loop().create_task(_build(state), name="gpuserve-build")

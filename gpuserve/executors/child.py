@@ -37,6 +37,7 @@ from gpuserve.executors import wire
 from gpuserve.executors.hosting import build_replica, import_service
 from gpuserve.executors.replica import Replica
 from gpuserve.executors.streaming import StreamControl
+from gpuserve.heap import keep_heap
 from gpuserve.outcomes import BatchResult, Failure
 
 _CHUNK = 1 << 20
@@ -158,5 +159,6 @@ def _sender(conn: socket.socket, batch: int) -> Callable[[list[int], list[Any]],
 
 if __name__ == "__main__":
     _die_with_parent(int(sys.argv[2]))
+    keep_heap()  # its batches' arrays come and go as the server's bodies do
     faulthandler.enable(all_threads=True)  # a crash of the model's native code says where, in the server's log
     serve(int(sys.argv[1]))
