@@ -6,10 +6,10 @@ so far (twice it). A server with bodies of hundreds of kilobytes in flight then
 shrinks and regrows its heap all the time: 602 KB image requests cost 17-29
 page faults and about 40 us more system CPU each once a process fell into that
 cycle, a seventh of their throughput, and small batched requests a twelfth
-(`benchmarks/README.md`). Blocks
-under 32 MiB now come from the heap and up to 64 MiB stays free at its top;
-what a burst freed beyond that still goes back. An operator's own
-`GLIBC_TUNABLES` malloc settings or `MALLOC_*_` variables are left to rule.
+(`benchmarks/README.md`). Blocks under 32 MiB now come from the heap and up to
+64 MiB stays free at its top; what a burst frees beyond that still goes back.
+An operator's own `GLIBC_TUNABLES` malloc settings or `MALLOC_*_` variables
+are left to rule.
 """
 
 from __future__ import annotations
