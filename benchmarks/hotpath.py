@@ -6,8 +6,8 @@ piece is timed alone on the event loop the server uses, driven by 1 and by 64
 concurrent clients:
 
 - the codecs on the benchmark body;
-- the whole gpuserve route handler (the guard middleware every route goes
-  through, decode, submit, batch, encode, response) beside the raw aiohttp
+- the whole gpuserve route handler (the guard every route goes through,
+  decode, submit, batch, encode, response) beside the raw aiohttp
   echo handler, both fed ready-made requests: the difference is what gpuserve
   adds per request on the event loop;
 - the route handler refusing a request its full queue cannot take (503);
@@ -43,7 +43,6 @@ from gpuserve.eventloop import new_event_loop
 from gpuserve.executors import Executor, ThreadExecutor
 from gpuserve.outcomes import BatchResult, Encoder
 from gpuserve.pool import DevicePool
-from gpuserve.protocols.guards import Guards, middleware
 from gpuserve.protocols.json_codec import argument_decoder, encode_json
 from gpuserve.protocols.native import add_native_routes
 from gpuserve.service import spec_of
@@ -161,12 +160,8 @@ async def _served(deployment: Deployment, executors: list[Executor], label: str,
     batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=max(CLIENTS) * 4, timeout=TIMEOUT_S)
     app = web.Application()
     add_native_routes(app, ServerState(deployment, pool, batcher, StopBudget(1.0)))
-    route = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
-    guard = middleware(Guards())  # every request goes through it, as in the server with its default settings
-
-    def handler(request: web.Request) -> Awaitable[web.StreamResponse]:
-        return guard(request, route)
-
+    # Behind the guard every route has, as in the server with its default settings.
+    handler = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
     batcher.start(on_failure=lambda exc: None)
     kwargs = orjson.loads(ROWS_BODY)
     try:
@@ -188,12 +183,7 @@ async def _refused(deployment: Deployment, items: int) -> list[dict[str, Any]]:
     waiting = batcher.submit(API, orjson.loads(ROWS_BODY), encode_json)  # fills the queue: never dispatched
     app = web.Application()
     add_native_routes(app, ServerState(deployment, pool, batcher, StopBudget(1.0)))
-    route = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
-    guard = middleware(Guards())
-
-    def handler(request: web.Request) -> Awaitable[web.StreamResponse]:
-        return guard(request, route)
-
+    handler = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
     try:
         return await _handler_rows("gpuserve handler, refused: queue full (503)", handler, items)
     finally:

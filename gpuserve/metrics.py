@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -172,8 +172,8 @@ class GpuCollector:
         yield from (used, total, busy)
 
 
-def add_metrics_route(app: web.Application, state: "ServerState") -> None:
-    """`GET /metrics` in the Prometheus text format; a 501 naming the extra if it is missing."""
+def metrics_handler(state: "ServerState") -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of `GET /metrics`: the Prometheus text format, or a 501 naming the extra if it is missing."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -183,8 +183,7 @@ def add_metrics_route(app: web.Application, state: "ServerState") -> None:
                 {"error": "metrics need prometheus-client: pip install gpuserve[metrics]"}, status=501
             )
 
-        app.router.add_get("/metrics", missing)
-        return
+        return missing
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServingCollector(state.batcher.read_stats))
@@ -199,4 +198,4 @@ def add_metrics_route(app: web.Application, state: "ServerState") -> None:
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app.router.add_get("/metrics", metrics)
+    return metrics

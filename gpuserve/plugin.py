@@ -41,7 +41,8 @@ What is here:
   the framework lacks: raise it, never fall back to another device).
 - **Registration**: the entry-point groups `BACKENDS_GROUP`,
   `EXECUTORS_GROUP` and `PLUGINS_GROUP` (a `setup(app)` hook that receives the
-  aiohttp application), and `installed_backend(name)` /
+  aiohttp application; the routes it adds are behind the same guard as
+  gpuserve's own: API keys, allowed hosts, connection limits), and `installed_backend(name)` /
   `installed_backends()` (`BackendEntry`) to load backends as the server does.
 """
 

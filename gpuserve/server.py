@@ -17,9 +17,9 @@ from aiohttp import web
 from gpuserve import lifecycle
 from gpuserve.batching import Batcher, StreamLimits
 from gpuserve.deployment import Deployment
-from gpuserve.metrics import add_metrics_route
+from gpuserve.metrics import metrics_handler
 from gpuserve.pool import DevicePool
-from gpuserve.protocols.guards import GUARDS, Guards, middleware
+from gpuserve.protocols.guards import GUARDS, Guards, add_route, guard_other_routes
 from gpuserve.protocols.kserve_v2 import add_v2_routes
 from gpuserve.protocols.native import add_fallback_route, add_native_routes
 from gpuserve.protocols.offload import DecodeWorker
@@ -48,7 +48,7 @@ def create_app(deployment: Deployment) -> web.Application:
     limits = StreamLimits(settings.max_streams, settings.stream_timeout, settings.stream_gap_timeout)
     batcher = Batcher(deployment.spec.apis.values(), pool, queue_size=settings.queue_size, timeout=settings.timeout,
                       call_timeout=settings.call_timeout, stream_limits=limits)
-    app = web.Application(client_max_size=settings.max_body_size, middlewares=[middleware(guards)])
+    app = web.Application(client_max_size=settings.max_body_size)
     app[GUARDS] = guards
     app[STATE] = ServerState(deployment, pool, batcher, StopBudget(settings.drain_timeout))
     app.on_shutdown.append(lifecycle.drain)
@@ -60,7 +60,8 @@ def create_app(deployment: Deployment) -> web.Application:
     add_stream_routes(app, app[STATE])
     add_openapi_routes(app, app[STATE])
     add_v2_routes(app, app[STATE], offload)
-    add_metrics_route(app, app[STATE])
+    add_route(app, "GET", "/metrics", metrics_handler(app[STATE]))
     _load_plugins(app)
     add_fallback_route(app, app[STATE])
+    guard_other_routes(app)  # a plugin's routes, if it added any
     return app

@@ -27,7 +27,8 @@ aiohttp parses HTTP; what it leaves unbounded is bounded here, per connection:
 
 A request's body has its own timeout, kept where the body is read
 (`guards.read_body`). Each connection is a `Connection` around aiohttp's own
-handler; the guard middleware tells it when a request's handler starts and ends.
+handler; the guard every route goes through tells it when a request's handler
+starts and ends.
 """
 
 from __future__ import annotations

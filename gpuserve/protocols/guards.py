@@ -1,18 +1,24 @@
 """Who may call what, and what a request may carry: the checks every protocol's routes share.
 
-One middleware runs before every route (`middleware`), whichever protocol or
-plugin added it:
+Every route gpuserve serves is added through `add_route`, which puts its
+handler behind the guard (`guarded`); routes added any other way (a plugin's)
+get the same guard from a middleware, which `guard_other_routes` installs only
+when there are such routes. (aiohttp runs a middleware as two more layers
+around every request's handler, about a microsecond and a half; the guard in
+the handler itself costs one call.) The guard:
 
-- the probes (`/livez`, `/readyz`, and KServe v2's `/v2/health/live` and
-  `/v2/health/ready`) are always answered, so that an
-  orchestrator can tell a live server from a dead one whatever else is set;
-- a connection opened beyond `--max-connections` gets 503 and is closed;
-- with `--allowed-hosts`, a `Host` the server does not answer for gets 421
+- answers the probes (`/livez`, `/readyz`, and KServe v2's `/v2/health/live`
+  and `/v2/health/ready`) always, so that an orchestrator can tell a live
+  server from a dead one whatever else is set;
+- gives a connection opened beyond `--max-connections` 503 and closes it;
+- with `--allowed-hosts`, gives a `Host` the server does not answer for 421
   (a page that rebinds a name of its own to this address cannot reach it);
-- with API keys, a request without `Authorization: Bearer <key>` naming one
-  of them gets 401; keys are compared as SHA-256 digests in constant time;
-- `/stats`, `/metrics`, `/docs` and `/openapi.json` follow `--ops-routes`:
-  open, behind the key like the APIs, or not served (404).
+- with API keys, gives a request without `Authorization: Bearer <key>` naming
+  one of them 401; keys are compared as SHA-256 digests in constant time;
+- serves `/stats`, `/metrics`, `/docs` and `/openapi.json` as `--ops-routes`
+  says: open, behind the key like the APIs, or not at all (404);
+- tells the connection when a request's handler starts and ends (its head
+  timer, `connections.py`).
 
 Routes that read a body use `read_body` (413 before reading when the declared
 length is over the limit, 408 when the body is slower than `--body-timeout`)
@@ -26,6 +32,7 @@ unless `--debug-errors`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import re
@@ -37,7 +44,7 @@ import attrs
 from aiohttp import StreamReader, web
 
 from gpuserve.errors import DeclarationError
-from gpuserve.protocols.connections import connection_of
+from gpuserve.protocols.connections import Connection, connection_of
 from gpuserve.protocols.errors import json_error
 from gpuserve.protocols.request_ids import request_id
 from gpuserve.settings import OpsRoutes, Settings
@@ -131,43 +138,83 @@ def _is_ops(path: str) -> bool:
     return path in OPS or path.startswith(OPS_PREFIX)
 
 
-def middleware(guards: Guards) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The middleware that enforces `guards` on every route (and tells the connection a request runs)."""
+Check = Callable[[web.Request, Connection | None], web.StreamResponse | None]
+GUARDED = "gpuserve_guarded"  # set on a handler that is behind the guard already
+
+
+def _checks(guards: Guards) -> Check:
+    """What the guard answers instead of the route (401, 404, 421, 503), or None: the route may run."""
     keys = bool(guards.key_digests)
     hosts = guards.allowed_hosts
     ops_open = guards.ops_routes is OpsRoutes.OPEN
     ops_off = guards.ops_routes is OpsRoutes.OFF
 
+    def check(request: web.Request, connection: Connection | None) -> web.StreamResponse | None:
+        path = request.path
+        if path in PROBES:
+            return None
+        if connection is not None and connection.over_limit:
+            response = json_error(503, "too many connections: retry on a new one", request_id(request),
+                                  retry_after=1)
+            response.force_close()
+            return response
+        if hosts and _host_name(request.headers.get("Host", "")) not in hosts:
+            return json_error(421, "this server does not answer for that Host (--allowed-hosts)",
+                              request_id(request))
+        if keys and not (ops_open and _is_ops(path)) and not guards.authorised(request):
+            response = json_error(401, "this server needs an API key: send 'Authorization: Bearer <key>'",
+                                  request_id(request))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="gpuserve"'
+            return response
+        if ops_off and _is_ops(path):
+            return json_error(404, f"no route {request.method} {path}", request_id(request))
+        return None
+
+    return check
+
+
+async def _run_guarded(check: Check, handler: Handler, request: web.Request) -> web.StreamResponse:
+    connection = connection_of(request)
+    if connection is not None:
+        connection.started(request.content)
+    try:
+        refusal = check(request, connection)
+        return await handler(request) if refusal is None else refusal
+    finally:
+        if connection is not None:
+            connection.finished()
+
+
+def guarded(guards: Guards, handler: Handler) -> Handler:
+    """`handler` behind the guard that `guards` make."""
+    route = functools.partial(_run_guarded, _checks(guards), handler)
+    setattr(route, GUARDED, True)
+    return route
+
+
+def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
+    """Serve `handler` at `method` `path`, behind the guard of `app`'s settings (every route of gpuserve's)."""
+    route = guarded(app.get(GUARDS) or Guards(), handler)
+    if method == "GET":
+        app.router.add_get(path, route)  # HEAD too, as aiohttp serves a GET route
+    else:
+        app.router.add_route(method, path, route)
+
+
+def guard_other_routes(app: web.Application) -> None:
+    """Put the guard in front of the routes not added by `add_route` (a plugin's): a middleware, only if
+    there are any. Call it once every route is in place."""
+    if all(getattr(route.handler, GUARDED, False) for route in app.router.routes()):
+        return
+    check = _checks(app.get(GUARDS) or Guards())
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        connection = connection_of(request)
-        if connection is not None:
-            connection.started(request.content)
-        try:
-            path = request.path
-            if path in PROBES:
-                return await handler(request)
-            if connection is not None and connection.over_limit:
-                response = json_error(503, "too many connections: retry on a new one", request_id(request),
-                                      retry_after=1)
-                response.force_close()
-                return response
-            if hosts and _host_name(request.headers.get("Host", "")) not in hosts:
-                return json_error(421, "this server does not answer for that Host (--allowed-hosts)",
-                                  request_id(request))
-            if keys and not (ops_open and _is_ops(path)) and not guards.authorised(request):
-                response = json_error(401, "this server needs an API key: send 'Authorization: Bearer <key>'",
-                                      request_id(request))
-                response.headers["WWW-Authenticate"] = 'Bearer realm="gpuserve"'
-                return response
-            if ops_off and _is_ops(path):
-                return json_error(404, f"no route {request.method} {path}", request_id(request))
+        if getattr(request.match_info.handler, GUARDED, False):
             return await handler(request)
-        finally:
-            if connection is not None:
-                connection.finished()
+        return await _run_guarded(check, handler, request)
 
-    return guard
+    app.middlewares.append(guard)
 
 
 def json_content(request: web.BaseRequest) -> str | None:

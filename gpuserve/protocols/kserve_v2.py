@@ -25,7 +25,7 @@ from aiohttp import web
 import gpuserve
 from gpuserve.batching import ItemFailed, Refused
 from gpuserve.protocols.errors import json_error, refusal
-from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, json_content, read_body
+from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, add_route, json_content, read_body
 from gpuserve.protocols.json_codec import BadRequest
 from gpuserve.protocols.native import (
     TIMEOUT_HEADER,
@@ -201,18 +201,17 @@ def add_v2_routes(app: web.Application, state: ServerState, offload: DecodeWorke
         headers = {"X-Request-ID": rid, HEADER_LENGTH: str(head_length)}
         return closing(state, web.Response(body=body, content_type="application/octet-stream", headers=headers))
 
-    router = app.router
-    router.add_get("/v2", server_metadata)
-    router.add_get("/v2/", server_metadata)
-    router.add_get("/v2/health/live", live)
-    router.add_get("/v2/health/ready", ready)
+    add_route(app, "GET", "/v2", server_metadata)
+    add_route(app, "GET", "/v2/", server_metadata)
+    add_route(app, "GET", "/v2/health/live", live)
+    add_route(app, "GET", "/v2/health/ready", ready)
     for name, model in models.items():
         # Each served model's infer path, plainly: aiohttp finds a plain path with one lookup, where the
         # pattern below is reached only after the others are tried (2.1 us against 0.8 us a request).
-        router.add_post(f"/v2/models/{name}/infer", functools.partial(infer_on, model))
+        add_route(app, "POST", f"/v2/models/{name}/infer", functools.partial(infer_on, model))
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        router.add_get(prefix, metadata)
-        router.add_get(f"{prefix}/ready", model_ready)
-        router.add_get(f"{prefix}/config", config)
-        router.add_post(f"{prefix}/infer", infer)
+        add_route(app, "GET", prefix, metadata)
+        add_route(app, "GET", f"{prefix}/ready", model_ready)
+        add_route(app, "GET", f"{prefix}/config", config)
+        add_route(app, "POST", f"{prefix}/infer", infer)
 

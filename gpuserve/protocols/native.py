@@ -27,7 +27,7 @@ from aiohttp import web
 from gpuserve.batching import ItemFailed, Reason, Refused
 from gpuserve.protocols.connections import connection_of
 from gpuserve.protocols.errors import json_error, refusal
-from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, json_content, read_body
+from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, add_route, json_content, read_body
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_json
 from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
 from gpuserve.protocols.request_ids import HEADER, request_id
@@ -210,12 +210,12 @@ def add_native_routes(app: web.Application, state: ServerState, offload: DecodeW
         snapshot = {**state.batcher.read_stats().snapshot(), "replicas": state.pool.health_snapshot()}
         return web.Response(body=orjson.dumps(snapshot), content_type="application/json")
 
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/stats", stats)
+    add_route(app, "GET", "/livez", livez)
+    add_route(app, "GET", "/readyz", readyz)
+    add_route(app, "GET", "/stats", stats)
     for api in state.deployment.spec.apis.values():
         if not api.streams:  # streaming APIs: `protocols/streaming.py`
-            app.router.add_post(f"/{api.name}", _api_handler(api, state, guards, offload))
+            add_route(app, "POST", f"/{api.name}", _api_handler(api, state, guards, offload))
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:
@@ -242,4 +242,4 @@ def add_fallback_route(app: web.Application, state: ServerState) -> None:
             return response
         return json_error(404, f"no route {request.method} {request.path}", rid)
 
-    app.router.add_route("*", "/{tail:.*}", fallback)
+    add_route(app, "*", "/{tail:.*}", fallback)

@@ -9,6 +9,7 @@ Swagger UI from the installed `openapi-ui-bundles` package: it needs no network.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,9 +18,10 @@ from openapi_ui_bundles.swagger_ui import static_path
 
 import gpuserve
 from gpuserve.batching import Reason
-from gpuserve.protocols.errors import STATUS
+from gpuserve.protocols.errors import STATUS, json_error
+from gpuserve.protocols.guards import add_route
 from gpuserve.protocols.native import TIMEOUT_HEADER
-from gpuserve.protocols.request_ids import HEADER
+from gpuserve.protocols.request_ids import HEADER, request_id
 from gpuserve.protocols.streaming import OFFERED as STREAM_MEDIA
 from gpuserve.service import ApiSpec, ServiceSpec
 
@@ -168,11 +170,20 @@ def add_openapi_routes(app: web.Application, state: ServerState) -> None:
     async def openapi(_: web.Request) -> web.Response:
         return web.Response(body=document, content_type="application/json")
 
-    app.router.add_get("/openapi.json", openapi)
+    add_route(app, "GET", "/openapi.json", openapi)
     page = _PAGE.format(title=f"{state.deployment.spec.name} — gpuserve")
 
     async def docs(_: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html")
 
-    app.router.add_get("/docs", docs)
-    app.router.add_static("/docs/assets", static_path)
+    add_route(app, "GET", "/docs", docs)
+    # The bundle's files by name (not a static route: those would need a middleware to be guarded).
+    assets = {path.name: path for path in Path(static_path).iterdir() if path.is_file()}
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        found = assets.get(request.match_info["name"])
+        if found is None:
+            return json_error(404, f"no route {request.method} {request.path}", request_id(request))
+        return web.FileResponse(found)
+
+    add_route(app, "GET", "/docs/assets/{name}", asset)

@@ -38,7 +38,7 @@ from gpuserve.batching import ItemFailed, Refused, Stream
 from gpuserve.outcomes import Encoder
 from gpuserve.protocols.errors import json_error, refusal
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_event, encode_line
-from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, read_body
+from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, add_route, read_body
 from gpuserve.protocols.native import (
     TIMEOUT_HEADER,
     Handler,
@@ -190,4 +190,4 @@ def add_stream_routes(app: web.Application, state: ServerState) -> None:
     guards = app.get(GUARDS) or Guards()
     for api in state.deployment.spec.apis.values():
         if api.streams:
-            app.router.add_post(f"/{api.name}", _stream_handler(api, state, guards))
+            add_route(app, "POST", f"/{api.name}", _stream_handler(api, state, guards))
