@@ -301,3 +301,28 @@ def test_binary_outputs_of_any_size_arrive_whole(client, length):
     np.testing.assert_array_equal(result.as_numpy("output"), ~flags)
     x = np.linspace(-2, 2, length, dtype=np.float16)
     np.testing.assert_array_equal(client.infer("half", [tensor("x", x, "FP16")]).as_numpy("output"), x / 2)
+
+
+def test_a_header_sent_again_is_read_again_for_its_tensors(server):
+    """A header of binary inputs is checked once and its plan kept: each request's own bytes are still read,
+    BYTES elements and text still checked, and a body of another size checked again."""
+    as_json = [{"name": "output", "parameters": {"binary_data": False}}]
+    header = {**x_input([2, 4], binary_data_size=32), "outputs": as_json}
+    for scale in (1, 3, 5):
+        x = np.arange(8, dtype=np.float32).reshape(2, 4) * scale
+        status, raw = post(server, "/v2/models/scale/infer", header, x.tobytes())
+        assert status == 200 and json.loads(raw)["outputs"][0]["data"] == (x * 2).ravel().tolist()
+    status, body = post(server, "/v2/models/scale/infer", header, b"\0" * 16)
+    assert status == 400 and "runs past the end of the body" in body["error"]
+
+    def shout(*elements):
+        data = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+        text = {"name": "text", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(data)}}
+        return post(server, "/v2/models/shout/infer", {"inputs": [text], "outputs": as_json}, data)
+
+    status, raw = shout(b"ab", b"cd")
+    assert status == 200 and json.loads(raw)["outputs"][0]["data"] == ["AB!", "CD!"]
+    status, body = shout(b"\xff\xfe", b"cd")  # the same header: the elements are read again
+    assert status == 400 and "not UTF-8" in body["error"], body
+    status, body = shout(b"abc", b"d")  # the same sizes in all, elements cut elsewhere
+    assert status == 200 and json.loads(body)["outputs"][0]["data"] == ["ABC!", "D!"]

@@ -68,6 +68,8 @@ class V2Model:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     columns: bool  # the result is rows of records: one output per field
+    # What headers of binary inputs said, checked once (`v2_request.parse`): header and body size -> plan.
+    plans: dict[tuple[bytes, int], Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -7,6 +7,14 @@ request's own bytes: no copy, no Python per element (so they are read-only).
 BYTES elements are a 4-byte little-endian length and the bytes. FP16 (and
 BF16, which NumPy cannot hold) arrive only as binary, as Triton has it.
 
+A client sends the same header again and again (tritonclient does, for
+tensors of the same shapes): a header whose inputs are all binary is checked
+once and its plan kept on the model (the last `PLANS_PER_MODEL`, headers of up
+to `PLANNED_HEADER_MAX` bytes); a request with that header and body size is
+then only sliced into its arrays. Whatever depends on the tensors' bytes
+(BYTES elements, the values an API takes as Python values) is still read from
+each request.
+
 Every problem is a `V2BadRequest` naming what is wrong; nothing here knows HTTP.
 """
 
@@ -27,6 +35,8 @@ from gpuserve.protocols.json_codec import json_type
 from gpuserve.protocols.v2_model import BINARY_ONLY, DTYPES, Tensor, V2Model
 
 _LENGTH = struct.Struct("<I")
+PLANNED_HEADER_MAX = 4096
+PLANS_PER_MODEL = 64
 
 
 class V2BadRequest(GpuserveError):
@@ -62,7 +72,41 @@ def header_length(raw: str | None, body_size: int) -> int:
     return length
 
 
+@attrs.frozen
+class _Plan:
+    """A header of binary inputs, checked: each input's tensor, shape, element count and place in the body."""
+
+    inputs: tuple[tuple[Tensor, tuple[int, ...], int, int, int], ...]
+    rows: int
+    request_id: str | None
+    requested: Requested
+
+    def apply(self, body: bytes | memoryview) -> Parsed:
+        view = memoryview(body).toreadonly()
+        kwargs = {tensor.name: _argument(tensor, _from_binary(tensor, shape, count, view[start:end]))
+                  for tensor, shape, count, start, end in self.inputs}
+        return Parsed(kwargs, self.rows, self.request_id, self.requested)
+
+
 def parse(model: V2Model, body: bytes | memoryview, header_size: int) -> Parsed:
+    if header_size > PLANNED_HEADER_MAX:
+        return _parse(model, body, header_size, None)
+    key = (bytes(memoryview(body)[:header_size]), len(body))
+    plan = model.plans.get(key)
+    if plan is not None:
+        return plan.apply(body)
+    places: list[tuple[Tensor, tuple[int, ...], int, int, int]] = []
+    parsed = _parse(model, body, header_size, places)
+    if len(places) == len(parsed.kwargs):  # every input was binary: nothing of the header's is per request
+        if len(model.plans) >= PLANS_PER_MODEL:
+            del model.plans[next(iter(model.plans))]  # the oldest
+        model.plans[key] = _Plan(tuple(places), parsed.rows, parsed.request_id, parsed.requested)
+    return parsed
+
+
+def _parse(model: V2Model, body: bytes | memoryview, header_size: int,
+           places: list[tuple[Tensor, tuple[int, ...], int, int, int]] | None) -> Parsed:
+    """The request parsed; where each binary input lies goes to `places` (when given)."""
     try:
         header = orjson.loads(memoryview(body)[:header_size])
     except orjson.JSONDecodeError as exc:
@@ -72,7 +116,7 @@ def parse(model: V2Model, body: bytes | memoryview, header_size: int) -> Parsed:
     binary = _BinaryBody(body, header_size)
     arrays: dict[str, Any] = {}
     for given in header["inputs"]:
-        name, array = _input(model, given, binary)
+        name, array = _input(model, given, binary, places)
         if name in arrays:
             raise V2BadRequest(f"input {name!r} is given twice")
         arrays[name] = array
@@ -114,7 +158,8 @@ class _BinaryBody:
             raise V2BadRequest(f"{len(self.body) - self.offset} bytes follow the last binary input")
 
 
-def _input(model: V2Model, given: Any, binary: _BinaryBody) -> tuple[str, Any]:
+def _input(model: V2Model, given: Any, binary: _BinaryBody,
+           places: list[tuple[Tensor, tuple[int, ...], int, int, int]] | None) -> tuple[str, Any]:
     if not isinstance(given, dict) or not isinstance(given.get("name"), str):
         raise V2BadRequest("each input is an object with a 'name', a 'datatype', a 'shape' and its data")
     name = given["name"]
@@ -128,7 +173,10 @@ def _input(model: V2Model, given: Any, binary: _BinaryBody) -> tuple[str, Any]:
     count = math.prod(shape)
     size = _parameters(given, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        return name, _from_binary(tensor, shape, count, binary.take(size, name))
+        data = binary.take(size, name)
+        if places is not None:
+            places.append((tensor, shape, count, binary.offset - len(data), binary.offset))
+        return name, _from_binary(tensor, shape, count, data)
     if datatype in BINARY_ONLY:
         raise V2BadRequest(f"input {name!r}: {datatype} has no JSON form; send it as binary data")
     if "data" not in given:
