@@ -96,7 +96,9 @@ class Batcher:
             reason, message = self._refusal
             queue.stats.refusals[reason.value] += 1
             raise Refused(reason, message, retry_after=1)
-        depth = queue.checked_depth(now)
+        depth = len(queue.items) - queue.expired  # `queue.depth`, without a call on every request
+        if depth >= queue.limit:
+            depth = queue.checked_depth(now)  # swept first, when it is time, of clients that left
         if depth >= queue.limit:
             queue.stats.refusals[Reason.QUEUE_FULL.value] += 1
             raise Refused(

@@ -227,8 +227,8 @@ def json_content(request: web.BaseRequest) -> str | None:
     return f"Content-Type {kind or raw!r} is not JSON: send application/json (or no Content-Type)"
 
 
-def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> Awaitable[bytes]:
-    """The whole body, to await; `BodyRefused` with 413 (at once) when its declared length is over
+async def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> bytes:
+    """The whole body; `BodyRefused` with 413 (before reading) when its declared length is over
     `max_size`, 413 when the body grows over it (no length declared, or decompressed), 408 when it takes
     longer than `timeout` seconds.
 
@@ -237,20 +237,16 @@ def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> Awaita
     come and joined once at the end: one copy (aiohttp's `read` makes two or three), and memory for what
     has arrived only, never for what a `Content-Length` merely claims.
     """
+    content = request.content
+    if content.is_eof():
+        body = content.read_nowait()
+        if len(body) > max_size:
+            raise _too_large(max_size, len(body))
+        return body
     length = request.content_length
     if length is not None and length > max_size:
-        raise BodyRefused(413, f"request body of {length} bytes is larger than {max_size} bytes (--max-body-size)")
-    content = request.content
-    if not content.is_eof():
-        return _read_slowly(content, max_size, timeout)
-    return _arrived(content, max_size)
-
-
-async def _arrived(content: StreamReader, max_size: int) -> bytes:
-    body = content.read_nowait()
-    if len(body) > max_size:  # no length was declared (chunked), or the body was decompressed
-        raise _too_large(max_size)
-    return body
+        raise _too_large(max_size, length)
+    return await _read_slowly(content, max_size, timeout)
 
 
 async def _read_all(content: StreamReader, max_size: int) -> bytes:
@@ -278,8 +274,9 @@ async def _next_piece(content: StreamReader) -> bytes:
             return piece
 
 
-def _too_large(max_size: int) -> BodyRefused:
-    return BodyRefused(413, f"request body is larger than {max_size} bytes (--max-body-size)")
+def _too_large(max_size: int, size: int | None = None) -> BodyRefused:
+    what = "request body" if size is None else f"request body of {size} bytes"
+    return BodyRefused(413, f"{what} is larger than {max_size} bytes (--max-body-size)")
 
 
 class _BodyLate(Exception):
