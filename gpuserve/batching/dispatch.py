@@ -46,11 +46,9 @@ class Dispatcher:
         self.watchdog = Watchdog(q.call_limit for q in self._queues if q.call_limit is not None)
         self._stream_limits = stream_limits
         self._work = asyncio.Event()  # set when a request is queued
+        self.wake = self._work.set  # (bound once: it is called for every request)
         self.progress = asyncio.Event()  # set when a batch finishes
         self._running: set[asyncio.Task[None]] = set()
-
-    def wake(self) -> None:
-        self._work.set()
 
     @property
     def idle(self) -> bool:

@@ -183,8 +183,11 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
-            if self._head_since is None:
-                self._head_began()
+            if self._head_since is None:  # a head begins (`_head_began`, inline: this runs for every request)
+                self._head_since = self._loop.time()
+                if self._timer is None:
+                    self._timer = self._loop.call_at(self._head_since + self._limits.header_timeout,
+                                                     self._check_head)
         elif self._next_head_since is None and (self._body is None or self._body.is_eof()):
             # Its request's body had all come before these bytes: they begin the next head (pipelined),
             # to be timed from now, once the handler is done.

@@ -228,9 +228,8 @@ def json_content(request: web.BaseRequest) -> str | None:
 
 
 async def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> bytes:
-    """The whole body; `BodyRefused` with 413 (before reading) when its declared length is over
-    `max_size`, 413 when the body grows over it (no length declared, or decompressed), 408 when it takes
-    longer than `timeout` seconds.
+    """The whole body; `BodyRefused` with 413 when it is larger than `max_size` (before reading what is
+    still on its way, when its declared length says so), 408 when it takes longer than `timeout` seconds.
 
     A body that has all arrived (most do, with their head) is taken as it is: joined once if it came in
     pieces, not copied if in one. A body still on its way is read with a timer, its pieces taken as they
