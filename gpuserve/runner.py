@@ -18,9 +18,10 @@ import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 
-from aiohttp import web, web_response
+from aiohttp import http_writer, web, web_response
 
 from gpuserve import lifecycle
 from gpuserve.eventloop import new_event_loop
@@ -49,6 +50,12 @@ def serve(app: web.Application, settings: Settings) -> str | None:
     # aiohttp's default for the header, in every response it writes (its own
     # answers to malformed requests too), names Python's version and its own.
     web_response.SERVER_SOFTWARE = SERVER_NAME
+    if sys.version_info < (3, 12):
+        # aiohttp copies every response's head and body into one buffer before writing them where
+        # asyncio's `writelines` is unsafe (CVE-2024-12254: Python 3.12 before 3.12.9, 3.13 before 3.13.2)
+        # and, it says, no faster. Before 3.12, asyncio's transports join the pieces themselves (the same
+        # copy), and uvloop's write them in one writev without it: 602 KB less copied per image answer.
+        http_writer.SKIP_WRITELINES = False
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:

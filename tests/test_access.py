@@ -185,6 +185,8 @@ def test_tls_serves_https_with_a_real_handshake(tmp_path, authority):
                tls=client) as server:
         assert server.url.startswith("https://")
         assert server.post("echo", {"value": "over TLS"}).body == "over TLS"
+        large = "0123456789" * 300_000  # a 3 MB answer: its head and body go to the TLS transport as two pieces
+        assert server.post("echo", {"value": large}).body == large
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             urllib.request.urlopen(f"{server.url}/livez", timeout=10, context=ssl.create_default_context())
         with connect(server.port) as sock:  # plain HTTP to the TLS port gets no answer
