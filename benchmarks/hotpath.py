@@ -132,13 +132,21 @@ class _Transport:
         return False
 
 
+class _Arrived(StreamReader):
+    """The benchmark body, all arrived, and there again for every call that takes it as gpuserve's
+    handlers do (`read_nowait`); aiohttp's `request.read()` keeps what it read the first time."""
+
+    def read_nowait(self, n: int = -1) -> bytes:
+        return ROWS_BODY
+
+
 async def _request(path: str) -> web.Request:
     """A POST of the benchmark body, read once: handlers' reads then return it at once.
 
     One request object serves every call, so building requests (slow in
-    aiohttp's test helpers) is never timed; both handlers read the same way.
+    aiohttp's test helpers) is never timed; both handlers read a body that has all arrived.
     """
-    payload = StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    payload = _Arrived(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
     payload.feed_data(ROWS_BODY)
     payload.feed_eof()
     request = make_mocked_request("POST", path, headers={"Content-Type": "application/json"}, payload=payload,
@@ -148,8 +156,11 @@ async def _request(path: str) -> web.Request:
 
 
 async def _handler_rows(step: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                        items: int) -> list[dict[str, Any]]:
+                        items: int, status: int = 200) -> list[dict[str, Any]]:
     request = await _request("/" + API)
+    answer = await handler(request)
+    if answer.status != status:  # timing an error path by mistake would flatter the handler
+        raise RuntimeError(f"{step}: the handler answered {answer.status}, not {status}: {answer.body!r}")
     return _rows(step, {c: await _per_item(lambda: handler(request), c, items) for c in CLIENTS})
 
 
@@ -185,7 +196,7 @@ async def _refused(deployment: Deployment, items: int) -> list[dict[str, Any]]:
     add_native_routes(app, ServerState(deployment, pool, batcher, StopBudget(1.0)))
     handler = next(r.handler for r in app.router.routes() if r.method == "POST" and r.resource.canonical == "/" + API)
     try:
-        return await _handler_rows("gpuserve handler, refused: queue full (503)", handler, items)
+        return await _handler_rows("gpuserve handler, refused: queue full (503)", handler, items, status=503)
     finally:
         await batcher.close()
         waiting.exception()  # answered as shut down
