@@ -137,26 +137,20 @@ def _is_ops(path: str) -> bool:
     return path in OPS or path.startswith(OPS_PREFIX)
 
 
-Check = Callable[[web.Request, Connection | None], web.StreamResponse | None]
+Check = Callable[[web.Request, str], web.StreamResponse | None]  # a request and its path -> a refusal, or None
 GUARDED = "gpuserve_guarded"  # set on a handler that is behind the guard already
 
 
-def _checks(guards: Guards) -> Check:
-    """What the guard answers instead of the route (401, 404, 421, 503), or None: the route may run."""
+def _checks(guards: Guards) -> Check | None:
+    """What the settings ask of a request (421, 401, 404 instead of the route), or None when they ask nothing."""
     keys = bool(guards.key_digests)
     hosts = guards.allowed_hosts
     ops_open = guards.ops_routes is OpsRoutes.OPEN
     ops_off = guards.ops_routes is OpsRoutes.OFF
+    if not (keys or hosts or ops_off):
+        return None
 
-    def check(request: web.Request, connection: Connection | None) -> web.StreamResponse | None:
-        path = request.path
-        if path in PROBES:
-            return None
-        if connection is not None and connection.over_limit:
-            response = json_error(503, "too many connections: retry on a new one", request_id(request),
-                                  retry_after=1)
-            response.force_close()
-            return response
+    def check(request: web.Request, path: str) -> web.StreamResponse | None:
         if hosts and _host_name(request.headers.get("Host", "")) not in hosts:
             return json_error(421, "this server does not answer for that Host (--allowed-hosts)",
                               request_id(request))
@@ -172,13 +166,29 @@ def _checks(guards: Guards) -> Check:
     return check
 
 
-async def _run_guarded(check: Check, handler: Handler, request: web.Request) -> web.StreamResponse:
+def _refusal(check: Check | None, request: web.Request, connection: Connection | None) -> web.StreamResponse | None:
+    """The guard's answer instead of the route's, or None; the probes are always the route's."""
+    path = request.path
+    if path in PROBES:
+        return None
+    if connection is not None and connection.over_limit:
+        response = json_error(503, "too many connections: retry on a new one", request_id(request), retry_after=1)
+        response.force_close()
+        return response
+    return None if check is None else check(request, path)
+
+
+async def _run_guarded(check: Check | None, handler: Handler, request: web.Request) -> web.StreamResponse:
     connection = connection_of(request)
     if connection is not None:
         connection.started(request.content)
     try:
-        refusal = check(request, connection)
-        return await handler(request) if refusal is None else refusal
+        # With the default settings nothing is asked of a request on a connection within the limit.
+        if check is not None or (connection is not None and connection.over_limit):
+            refusal = _refusal(check, request, connection)
+            if refusal is not None:
+                return refusal
+        return await handler(request)
     finally:
         if connection is not None:
             connection.finished()
