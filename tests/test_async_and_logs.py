@@ -84,6 +84,16 @@ def test_every_request_has_an_id_and_an_access_log_line(served):
     wait_until(lambda: re.search(r'"POST /add HTTP/1.1" 400 .* id=bad-one', server.log()), "the 400 is logged")
 
 
+def test_every_answer_carries_an_id_the_probes_and_ops_routes_too(served):
+    server, _ = served
+    for path in ("livez", "readyz", "stats", "openapi.json", "docs", "v2/health/live", "v2/models/add"):
+        reply = server.get(path, headers={"X-Request-ID": f"mine-{path}"})
+        assert reply.status == 200 and reply.headers["X-Request-ID"] == f"mine-{path}", path
+    fresh = server.get("livez").headers["X-Request-ID"]
+    assert fresh and not fresh.startswith("mine-")
+    wait_until(lambda: f"id={fresh}" in server.log(), "the probe's access log line names its id")
+
+
 def test_no_access_log_when_asked(tmp_path):
     with serve("typed:Typed", "--no-access-log", env={"TYPED_APPS_DIR": str(tmp_path)}, log_dir=tmp_path) as server:
         rid = server.post("add", {"a": 1, "b": 2}).headers["X-Request-ID"]

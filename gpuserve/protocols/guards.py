@@ -18,7 +18,9 @@ the handler itself costs one call.) The guard:
 - serves `/stats`, `/metrics`, `/docs` and `/openapi.json` as `--ops-routes`
   says: open, behind the key like the APIs, or not at all (404);
 - tells the connection when a request's handler starts and ends (its head
-  timer, `connections.py`).
+  timer, `connections.py`);
+- puts the request's id in the answer of a route that does not (the probes,
+  the ops routes, the v2 metadata): every answer carries one.
 
 Routes that read a body use `read_body` (413 before reading when the declared
 length is over the limit, 408 when the body is slower than `--body-timeout`)
@@ -45,7 +47,7 @@ from aiohttp import StreamReader, web
 from gpuserve.errors import DeclarationError
 from gpuserve.protocols.connections import Connection, connection_of
 from gpuserve.protocols.errors import json_error
-from gpuserve.protocols.request_ids import request_id
+from gpuserve.protocols.request_ids import HEADER, request_id
 from gpuserve.settings import OpsRoutes, Settings
 
 PROBES = frozenset({"/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})  # KServe v2's too
@@ -194,16 +196,30 @@ async def _run_guarded(check: Check | None, handler: Handler, request: web.Reque
             connection.finished()
 
 
-def guarded(guards: Guards, handler: Handler) -> Handler:
-    """`handler` behind the guard that `guards` make."""
-    route = functools.partial(_run_guarded, _checks(guards), handler)
+def _naming(handler: Handler) -> Handler:
+    """`handler`, its answers carrying the request's id (`X-Request-ID`) when it does not put it there."""
+
+    async def named(request: web.Request) -> web.StreamResponse:
+        response = await handler(request)
+        if HEADER not in response.headers:
+            response.headers[HEADER] = request_id(request)
+        return response
+
+    return named
+
+
+def guarded(guards: Guards, handler: Handler, names_requests: bool = False) -> Handler:
+    """`handler` behind the guard that `guards` make; `names_requests`: its answers carry the request's id
+    already (the API routes': the guard then adds nothing to them)."""
+    route = functools.partial(_run_guarded, _checks(guards), handler if names_requests else _naming(handler))
     setattr(route, GUARDED, True)
     return route
 
 
-def add_route(app: web.Application, method: str, path: str, handler: Handler) -> None:
-    """Serve `handler` at `method` `path`, behind the guard of `app`'s settings (every route of gpuserve's)."""
-    route = guarded(app.get(GUARDS) or Guards(), handler)
+def add_route(app: web.Application, method: str, path: str, handler: Handler, names_requests: bool = False) -> None:
+    """Serve `handler` at `method` `path`, behind the guard of `app`'s settings (every route of gpuserve's);
+    `names_requests` as for `guarded`."""
+    route = guarded(app.get(GUARDS) or Guards(), handler, names_requests)
     if method == "GET":
         app.router.add_get(path, route)  # HEAD too, as aiohttp serves a GET route
     else:
@@ -221,7 +237,7 @@ def guard_other_routes(app: web.Application) -> None:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if getattr(request.match_info.handler, GUARDED, False):
             return await handler(request)
-        return await _run_guarded(check, handler, request)
+        return await _run_guarded(check, _naming(handler), request)
 
     app.middlewares.append(guard)
 

@@ -215,7 +215,7 @@ def add_native_routes(app: web.Application, state: ServerState, offload: DecodeW
     add_route(app, "GET", "/stats", stats)
     for api in state.deployment.spec.apis.values():
         if not api.streams:  # streaming APIs: `protocols/streaming.py`
-            add_route(app, "POST", f"/{api.name}", _api_handler(api, state, guards, offload))
+            add_route(app, "POST", f"/{api.name}", _api_handler(api, state, guards, offload), names_requests=True)
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:
@@ -242,4 +242,4 @@ def add_fallback_route(app: web.Application, state: ServerState) -> None:
             return response
         return json_error(404, f"no route {request.method} {request.path}", rid)
 
-    add_route(app, "*", "/{tail:.*}", fallback)
+    add_route(app, "*", "/{tail:.*}", fallback, names_requests=True)

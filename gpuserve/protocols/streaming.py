@@ -190,4 +190,4 @@ def add_stream_routes(app: web.Application, state: ServerState) -> None:
     guards = app.get(GUARDS) or Guards()
     for api in state.deployment.spec.apis.values():
         if api.streams:
-            add_route(app, "POST", f"/{api.name}", _stream_handler(api, state, guards))
+            add_route(app, "POST", f"/{api.name}", _stream_handler(api, state, guards), names_requests=True)

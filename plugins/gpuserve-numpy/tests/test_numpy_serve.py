@@ -69,7 +69,8 @@ def test_the_plugin_route_is_behind_the_api_key_like_gpuserves_own(tmp_path: Pat
     with serve("example_app:Linear", "--backend", "numpy", "--api-key", "plugin-test-key-0123", cwd=PLUGIN_DIR,
                log_dir=tmp_path) as keyed:
         assert keyed.get("plugins/numpy").status == 401
-        assert keyed.get("plugins/numpy", headers=key).status == 200
+        answer = keyed.get("plugins/numpy", headers={**key, "X-Request-ID": "plugin-41"})
+        assert answer.status == 200 and answer.headers["X-Request-ID"] == "plugin-41"
         assert keyed.post("predict", {"x": [[1.0, 2.0, 3.0]]}).status == 401
         assert keyed.post("predict", {"x": [[1.0, 2.0, 3.0]]}, headers=key).status == 200
         assert keyed.get("livez").status == 200
