@@ -37,6 +37,8 @@ from gpuserve.protocols.v2_model import BINARY_ONLY, DTYPES, Tensor, V2Model
 _LENGTH = struct.Struct("<I")
 PLANNED_HEADER_MAX = 4096
 PLANS_PER_MODEL = 64
+# Where a binary input lies: its tensor, shape, element count, and its start and end in the body.
+Place = tuple[Tensor, tuple[int, ...], int, int, int]
 
 
 class V2BadRequest(GpuserveError):
@@ -74,9 +76,9 @@ def header_length(raw: str | None, body_size: int) -> int:
 
 @attrs.frozen
 class _Plan:
-    """A header of binary inputs, checked: each input's tensor, shape, element count and place in the body."""
+    """A header of binary inputs, checked: where each input lies, the rows, the id and the outputs asked for."""
 
-    inputs: tuple[tuple[Tensor, tuple[int, ...], int, int, int], ...]
+    inputs: tuple[Place, ...]
     rows: int
     request_id: str | None
     requested: Requested
@@ -95,7 +97,7 @@ def parse(model: V2Model, body: bytes | memoryview, header_size: int) -> Parsed:
     plan = model.plans.get(key)
     if plan is not None:
         return plan.apply(body)
-    places: list[tuple[Tensor, tuple[int, ...], int, int, int]] = []
+    places: list[Place] = []
     parsed = _parse(model, body, header_size, places)
     if len(places) == len(parsed.kwargs):  # every input was binary: nothing of the header's is per request
         if len(model.plans) >= PLANS_PER_MODEL:
@@ -105,7 +107,7 @@ def parse(model: V2Model, body: bytes | memoryview, header_size: int) -> Parsed:
 
 
 def _parse(model: V2Model, body: bytes | memoryview, header_size: int,
-           places: list[tuple[Tensor, tuple[int, ...], int, int, int]] | None) -> Parsed:
+           places: list[Place] | None) -> Parsed:
     """The request parsed; where each binary input lies goes to `places` (when given)."""
     try:
         header = orjson.loads(memoryview(body)[:header_size])
@@ -159,7 +161,7 @@ class _BinaryBody:
 
 
 def _input(model: V2Model, given: Any, binary: _BinaryBody,
-           places: list[tuple[Tensor, tuple[int, ...], int, int, int]] | None) -> tuple[str, Any]:
+           places: list[Place] | None) -> tuple[str, Any]:
     if not isinstance(given, dict) or not isinstance(given.get("name"), str):
         raise V2BadRequest("each input is an object with a 'name', a 'datatype', a 'shape' and its data")
     name = given["name"]
