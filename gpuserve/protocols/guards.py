@@ -5,7 +5,8 @@ handler behind the guard (`guarded`); routes added any other way (a plugin's)
 get the same guard from a middleware, which `guard_other_routes` installs only
 when there are such routes. (aiohttp runs a middleware as two more layers
 around every request's handler, about a microsecond and a half; the guard in
-the handler itself costs one call.) The guard:
+the handler itself costs one call.) A hot route (the native APIs) enters the
+guard's `Door` itself, first thing, and so is not wrapped at all. The guard:
 
 - answers the probes (`/livez`, `/readyz`, and KServe v2's `/v2/health/live`
   and `/v2/health/ready`) always, so that an orchestrator can tell a live
@@ -180,16 +181,49 @@ def _refusal(check: Check | None, request: web.Request, connection: Connection |
     return None if check is None else check(request, path)
 
 
-async def _run_guarded(check: Check | None, handler: Handler, request: web.Request) -> web.StreamResponse:
-    connection = connection_of(request)
-    if connection is not None:
-        connection.started(request.content)
-    try:
+class Turned(Exception):
+    """The guard's answer instead of the route's (`Door.enter` raises it): `response`."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class Door:
+    """The guard as a route's own handler enters it: `enter` first, then `Connection.finished` when done.
+
+    The hot routes (the native APIs) enter it themselves, so that no coroutine wraps them; every other
+    route is wrapped in `_run_guarded`, which does the same.
+    """
+
+    __slots__ = ("_check",)
+
+    def __init__(self, guards: Guards) -> None:
+        self._check = _checks(guards)
+
+    def enter(self, request: web.Request) -> Connection | None:
+        """Tell the request's connection its handler runs, and return it (None: none); raises `Turned`
+        when the guard answers instead of the route (the connection is then told the handler is done)."""
+        connection = connection_of(request)
+        if connection is not None:
+            connection.started(request.content)
         # With the default settings nothing is asked of a request on a connection within the limit.
+        check = self._check
         if check is not None or (connection is not None and connection.over_limit):
-            refusal = _refusal(check, request, connection)
-            if refusal is not None:
-                return refusal
+            refused = _refusal(check, request, connection)
+            if refused is not None:
+                if connection is not None:
+                    connection.finished()
+                raise Turned(refused)
+        return connection
+
+
+async def _run_guarded(door: Door, handler: Handler, request: web.Request) -> web.StreamResponse:
+    try:
+        connection = door.enter(request)
+    except Turned as turned:
+        return turned.response
+    try:
         return await handler(request)
     finally:
         if connection is not None:
@@ -211,15 +245,21 @@ def _naming(handler: Handler) -> Handler:
 def guarded(guards: Guards, handler: Handler, names_requests: bool = False) -> Handler:
     """`handler` behind the guard that `guards` make; `names_requests`: its answers carry the request's id
     already (the API routes': the guard then adds nothing to them)."""
-    route = functools.partial(_run_guarded, _checks(guards), handler if names_requests else _naming(handler))
+    route = functools.partial(_run_guarded, Door(guards), handler if names_requests else _naming(handler))
     setattr(route, GUARDED, True)
     return route
 
 
-def add_route(app: web.Application, method: str, path: str, handler: Handler, names_requests: bool = False) -> None:
+def add_route(app: web.Application, method: str, path: str, handler: Handler, names_requests: bool = False,
+              enters_door: bool = False) -> None:
     """Serve `handler` at `method` `path`, behind the guard of `app`'s settings (every route of gpuserve's);
-    `names_requests` as for `guarded`."""
-    route = guarded(app.get(GUARDS) or Guards(), handler, names_requests)
+    `names_requests` as for `guarded`. `enters_door`: the handler enters the app's `Door` itself, first
+    thing, and names its requests (a hot route: no coroutine around it)."""
+    if enters_door:
+        route = handler
+        setattr(route, GUARDED, True)
+    else:
+        route = guarded(app.get(GUARDS) or Guards(), handler, names_requests)
     if method == "GET":
         app.router.add_get(path, route)  # HEAD too, as aiohttp serves a GET route
     else:
@@ -231,13 +271,13 @@ def guard_other_routes(app: web.Application) -> None:
     there are any. Call it once every route is in place."""
     if all(getattr(route.handler, GUARDED, False) for route in app.router.routes()):
         return
-    check = _checks(app.get(GUARDS) or Guards())
+    door = Door(app.get(GUARDS) or Guards())
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if getattr(request.match_info.handler, GUARDED, False):
             return await handler(request)
-        return await _run_guarded(check, _naming(handler), request)
+        return await _run_guarded(door, _naming(handler), request)
 
     app.middlewares.append(guard)
 
@@ -262,16 +302,24 @@ async def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> 
     come and joined once at the end: one copy (aiohttp's `read` makes two or three), and memory for what
     has arrived only, never for what a `Content-Length` merely claims.
     """
-    content = request.content
-    if content.is_eof():
-        body = content.read_nowait()
-        if len(body) > max_size:
-            raise _too_large(max_size, len(body))
+    body = arrived_body(request, max_size)
+    if body is not None:
         return body
     length = request.content_length
     if length is not None and length > max_size:
         raise _too_large(max_size, length)
-    return await _read_slowly(content, max_size, timeout)
+    return await _read_slowly(request.content, max_size, timeout)
+
+
+def arrived_body(request: web.BaseRequest, max_size: int) -> bytes | None:
+    """The whole body when it has all arrived (as `read_body` takes it, without a coroutine), else None."""
+    content = request.content
+    if not content.is_eof():
+        return None
+    body = content.read_nowait()
+    if len(body) > max_size:
+        raise _too_large(max_size, len(body))
+    return body
 
 
 async def _read_all(content: StreamReader, max_size: int) -> bytes:

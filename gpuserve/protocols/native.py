@@ -27,7 +27,17 @@ from aiohttp import web
 from gpuserve.batching import ItemFailed, Reason, Refused
 from gpuserve.protocols.connections import connection_of
 from gpuserve.protocols.errors import json_error, refusal
-from gpuserve.protocols.guards import GUARDS, BodyRefused, Guards, add_route, json_content, read_body
+from gpuserve.protocols.guards import (
+    GUARDS,
+    BodyRefused,
+    Door,
+    Guards,
+    Turned,
+    add_route,
+    arrived_body,
+    json_content,
+    read_body,
+)
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_json
 from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
 from gpuserve.protocols.request_ids import HEADER, request_id
@@ -133,49 +143,61 @@ def _api_handler(api: ApiSpec, state: ServerState, guards: Guards, offload: Deco
     name = api.name
     decode = argument_decoder(api)
     max_body, body_timeout = settings.max_body_size, settings.body_timeout
+    enter = Door(guards).enter
     timeout_cap = settings.request_timeout_cap
     off_loop = settings.off_loop_decode_size if offload is not None else 0
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        # The guard, entered here rather than around this coroutine: the hot route pays no layer for it.
+        try:
+            connection = enter(request)
+        except Turned as turned:
+            return turned.response
         rid = request_id(request)
-        not_taken = taking(state, guards, request, rid)
-        if not_taken is not None:
-            return not_taken
         try:
-            own = request.headers.get(TIMEOUT_HEADER)
-            timeout = None if own is None else parse_timeout(own, timeout_cap)
-            # Decided from the route and the queue alone: a refusal reads and decodes nothing.
-            probe = batcher.admit(name)
-            body = await read_body(request, max_body, body_timeout)
-            if off_loop and len(body) >= off_loop:
-                kwargs, rows = await offload.decode(name, body)  # type: ignore[union-attr]
-            else:
-                kwargs, rows = decode(body)
-            del body
-            # The batcher keeps the deadline (this one, or the server's default)
-            # on the event loop, apart from the executor: a stuck device cannot
-            # make a request late.
-            future = batcher.submit(name, kwargs, encode_json, timeout, rows, rid, probe=probe)
-        except BadRequest as exc:
-            return closing(state, json_error(400, str(exc), rid, errors=exc.errors))
-        except Refused as exc:
-            return closing(state, refused(request, exc, rid, name))
-        except BodyRefused as exc:
-            return body_refused(exc, rid)
-        except OffloadFailed as exc:
-            return offload_failed(state, exc, rid)
-        # A client that disconnects cancels this handler and so `future`: the
-        # batcher then drops the request if it has not started.
-        try:
-            payload = await future  # JSON bytes, encoded in the executor
-        except ItemFailed as exc:
-            return closing(state, failed(name, rid, exc, guards))
-        except Refused as exc:
-            return closing(state, refusal(exc, rid))
+            not_taken = taking(state, guards, request, rid)
+            if not_taken is not None:
+                return not_taken
+            try:
+                own = request.headers.get(TIMEOUT_HEADER)
+                timeout = None if own is None else parse_timeout(own, timeout_cap)
+                # Decided from the route and the queue alone: a refusal reads and decodes nothing.
+                probe = batcher.admit(name)
+                body = arrived_body(request, max_body)
+                if body is None:
+                    body = await read_body(request, max_body, body_timeout)
+                if off_loop and len(body) >= off_loop:
+                    kwargs, rows = await offload.decode(name, body)  # type: ignore[union-attr]
+                else:
+                    kwargs, rows = decode(body)
+                del body
+                # The batcher keeps the deadline (this one, or the server's default)
+                # on the event loop, apart from the executor: a stuck device cannot
+                # make a request late.
+                future = batcher.submit(name, kwargs, encode_json, timeout, rows, rid, probe=probe)
+            except BadRequest as exc:
+                return closing(state, json_error(400, str(exc), rid, errors=exc.errors))
+            except Refused as exc:
+                return closing(state, refused(request, exc, rid, name))
+            except BodyRefused as exc:
+                return body_refused(exc, rid)
+            except OffloadFailed as exc:
+                return offload_failed(state, exc, rid)
+            # A client that disconnects cancels this handler and so `future`: the
+            # batcher then drops the request if it has not started.
+            try:
+                payload = await future  # JSON bytes, encoded in the executor
+            except ItemFailed as exc:
+                return closing(state, failed(name, rid, exc, guards))
+            except Refused as exc:
+                return closing(state, refusal(exc, rid))
+            finally:
+                # An exception the future holds has this frame in its traceback: let go
+                # of it now, or the body and request stay until a garbage collection.
+                del future
         finally:
-            # An exception the future holds has this frame in its traceback: let go
-            # of it now, or the body and request stay until a garbage collection.
-            del future
+            if connection is not None:
+                connection.finished()
         response = web.Response(body=payload, headers={"Content-Type": "application/json", HEADER: rid})
         if state.stopping:
             response.force_close()
@@ -215,7 +237,7 @@ def add_native_routes(app: web.Application, state: ServerState, offload: DecodeW
     add_route(app, "GET", "/stats", stats)
     for api in state.deployment.spec.apis.values():
         if not api.streams:  # streaming APIs: `protocols/streaming.py`
-            add_route(app, "POST", f"/{api.name}", _api_handler(api, state, guards, offload), names_requests=True)
+            add_route(app, "POST", f"/{api.name}", _api_handler(api, state, guards, offload), enters_door=True)
 
 
 def add_fallback_route(app: web.Application, state: ServerState) -> None:
