@@ -192,3 +192,15 @@ def test_a_next_head_that_begins_while_a_request_runs_is_timed_from_its_first_by
             idle.sendall(post("/hang", b'{"seconds": 0.5}'))
             assert read_answer(idle).status == 200
             assert not closed_by_server(idle, within=3)
+
+
+def test_a_head_after_a_refused_request_is_still_timed(tmp_path):
+    """The guard that refuses a request (401 here) tells its connection the request is over: a slow head
+    sent next on the same connection is closed after --header-timeout, not left to the keep-alive's 60 s."""
+    args = ("--api-key", "a-key-0123456789", "--header-timeout", "1", "--keepalive-timeout", "60")
+    with serve("hostile:Guarded", *args, log_dir=tmp_path) as server, connect(server.port) as sock:
+        sock.sendall(post("/echo", b'{"value": 1}'))  # no key
+        answer = read_answer(sock)
+        assert answer is not None and answer.status == 401 and answer.headers.get("connection") != "close"
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        assert closed_by_server(sock, within=CLOSE_WITHIN_S / 2)  # far below the keep-alive's 60 s
