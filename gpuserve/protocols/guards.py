@@ -303,8 +303,11 @@ async def read_body(request: web.BaseRequest, max_size: int, timeout: float) -> 
     has arrived only, never for what a `Content-Length` merely claims.
     """
     body = arrived_body(request, max_size)
-    if body is not None:
-        return body
+    return body if body is not None else await arriving_body(request, max_size, timeout)
+
+
+async def arriving_body(request: web.BaseRequest, max_size: int, timeout: float) -> bytes:
+    """The body of a request whose body has not all arrived (`arrived_body` said None), as `read_body` reads it."""
     length = request.content_length
     if length is not None and length > max_size:
         raise _too_large(max_size, length)

@@ -4,7 +4,7 @@ A request is admitted or refused from its route and its queue alone, before
 its body is read (`Batcher.admit`), so overload costs no reading and no
 decoding; a connection refused for overload is not read again for a while
 (`Connection.hold`). An admitted body is read within `--body-timeout`
-(`read_body`), checked against the API's declarations (`json_codec`; in a
+(`arrived_body`, else `arriving_body`), checked against the API's declarations (`json_codec`; in a
 helper process from `--off-loop-decode-size` on, `offload`) and queued. A
 request that fails in the user's code is logged once, with its traceback, the
 API's name and the request's id; its error body names the exception's type
@@ -35,8 +35,8 @@ from gpuserve.protocols.guards import (
     Turned,
     add_route,
     arrived_body,
+    arriving_body,
     json_content,
-    read_body,
 )
 from gpuserve.protocols.json_codec import BadRequest, argument_decoder, encode_json
 from gpuserve.protocols.offload import DecodeWorker, OffloadFailed
@@ -165,7 +165,7 @@ def _api_handler(api: ApiSpec, state: ServerState, guards: Guards, offload: Deco
                 probe = batcher.admit(name)
                 body = arrived_body(request, max_body)
                 if body is None:
-                    body = await read_body(request, max_body, body_timeout)
+                    body = await arriving_body(request, max_body, body_timeout)
                 if off_loop and len(body) >= off_loop:
                     kwargs, rows = await offload.decode(name, body)  # type: ignore[union-attr]
                 else:
