@@ -155,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3001)
+    p.add_argument("--backlog", type=int, default=128, help="the listen backlog (default: aiohttp's, 128)")
     args = p.parse_args(argv)
     loop = new_event_loop()  # the loop gpuserve serves on
     asyncio.set_event_loop(loop)
-    web.run_app(create_app(), host=args.host, port=args.port, loop=loop, access_log=None, print=None)
+    web.run_app(create_app(), host=args.host, port=args.port, backlog=args.backlog, loop=loop, access_log=None,
+                print=None)
     return 0
 
 

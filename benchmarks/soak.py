@@ -40,7 +40,7 @@ def run(config: RunConfig, log_dir: Path, progress: Callable[[int], None]) -> di
     server = launch("example-soak", example_command(), log_dir, env=example_env())
     try:
         server.wait_ready()
-        capacity = measure(server, 64, "ignore", config.duration_s if config.quick else CAPACITY_S)["ok_rps"]
+        capacity = measure(server, API, 64, "ignore", config.duration_s if config.quick else CAPACITY_S)["ok_rps"]
         progress(1)
         rate = capacity / 2
         rss: list[float | None] = []

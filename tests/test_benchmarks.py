@@ -20,7 +20,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `benchmarks` runs from the repository root; it is not installed
 
-from benchmarks import loadgen, report, streaming  # noqa: E402
+from benchmarks import loadgen, overload, report, streaming  # noqa: E402
 from benchmarks.__main__ import SCHEMA  # noqa: E402
 from benchmarks.config import DEFAULT_SCENARIOS  # noqa: E402
 from benchmarks.hotpath import BATCHER_STEP  # noqa: E402
@@ -87,10 +87,13 @@ def test_a_tiny_run_of_every_scenario_writes_the_documented_json_and_plots(tmp_p
 
     overload = results["overload"]
     assert {(r["layout"], r["clients"]) for r in overload["rows"]} == {
-        (layout, clients) for layout in ("threads", "processes") for clients in (64, 4 * 32, 20 * 32)}
+        (layout, clients) for layout in ("threads", "processes", "floor", "floor-echo")
+        for clients in (64, 4 * 32, 20 * 32)}
     for row in overload["rows"]:  # every request sent is accounted for, by its fate
         assert sum(row["outcomes"].values()) == row["requests"] > 0 and row["server_rss_mib"] > 0
-    assert len(overload["ratios"]) == 2 * 2 * 2  # layouts x multiples x what clients do with Retry-After
+    # gpuserve's layouts x multiples x what clients do with Retry-After; the floors' multiples (never a 503)
+    assert len(overload["ratios"]) == 2 * 2 * 2 + 2 * 2
+    assert all(r["floor_ratio"] > 0 for r in overload["ratios"] if not r["layout"].startswith("floor"))
     assert [r["workload"] for r in results["threads"]["rows"]] == ["example_derived", "example_torch_default"]
 
     assert len(document["ratios"]) == 6 * 2  # every gpuserve workload at every concurrency, beside its baseline
@@ -180,6 +183,30 @@ def test_ratios_targets_plots_and_table_from_figures(tmp_path: Path) -> None:
     table = report.summary({"results": results, "ratios": compared, "targets": report.targets(results, compared)})
     assert "mlp_batched_process" in table and "NO" in table
     assert "Ray / process req/s 0.75, Ray's extra overhead per batch 900 us" in table
+
+
+def test_overload_ratios_set_gpuserve_beside_the_floor_and_only_gpuserve_has_targets() -> None:
+    def row(layout: str, clients: int, mode: str, ok_rps: float, number: int) -> dict:
+        return {"layout": layout, "clients": clients, "mode": mode, "multiple": clients / 32, "round": number,
+                "ok_rps": ok_rps, "ok_p99_ms": 5.0, "slowest_answer_ms": 9.0, "outcomes": {"200": 10},
+                "unanswered": 0, "server_rss_mib": 100.0}
+
+    rows = [row("processes", 64, "ignore", 1000.0, 0), row("processes", 128, "ignore", 700.0, 0),
+            row("processes", 128, "honour", 900.0, 0),
+            row("floor", 64, "ignore", 1000.0, 0), row("floor", 128, "ignore", 500.0, 0),
+            row("floor-echo", 64, "ignore", 2000.0, 0), row("floor-echo", 128, "ignore", 800.0, 0)]
+    measured = {(r["layout"], r["mode"]): r for r in overload.ratios(rows)}
+    assert measured[("processes", "ignore")]["goodput_ratio"] == pytest.approx(0.7)
+    assert measured[("processes", "ignore")]["floor_ratio"] == pytest.approx(1.4)
+    assert measured[("processes", "honour")]["floor_ratio"] == pytest.approx(1.8)
+    assert measured[("floor", "ignore")]["goodput_ratio"] == pytest.approx(0.5)
+    assert measured[("floor", "ignore")]["floor_ratio"] is None
+    assert measured[("floor-echo", "ignore")]["goodput_ratio"] == pytest.approx(0.4)
+    assert measured[("floor-echo", "ignore")]["floor_ratio"] is None
+
+    checks = [c["target"] for c in report.targets({"overload": {"ratios": list(measured.values())}}, [])]
+    overloaded = [t for t in checks if t.startswith("overload")]
+    assert len(overloaded) == 2 * 2 and not any("floor" in t for t in overloaded)
 
 
 def test_streaming_targets_read_the_round_by_round_ratios_of_the_default_isolation() -> None:
