@@ -63,7 +63,7 @@ class Dispatcher:
                 await self._wait_for_work()
                 lease = await self._pool.acquire()  # after the wait: it is checked alive now
                 queue = self._oldest()  # work may have left while every executor was busy
-                batch, rows = self._take(queue, lease) if queue is not None else ([], 0)
+                batch, rows = self._take(queue, lease, loop.time()) if queue is not None else ([], 0)
                 if queue is None or not batch:
                     lease.release()
                     continue
@@ -76,7 +76,7 @@ class Dispatcher:
                 self.watchdog.started(lease, queue, batch, loop.time())
                 # Plain tasks, held in a set: a task group's start_soon costs
                 # tens of microseconds per batch on this path.
-                task = loop.create_task(self._execute(lease, queue, batch, rows))
+                task = loop.create_task(self._execute(lease, queue, batch, rows, loop))
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
@@ -100,14 +100,13 @@ class Dispatcher:
                 best = queue
         return best
 
-    def _take(self, queue: ApiQueue, lease: Lease) -> tuple[list[Pending], int]:
+    def _take(self, queue: ApiQueue, lease: Lease, now: float) -> tuple[list[Pending], int]:
         """Up to a batch of rows from `queue` for `lease`, and how many rows it holds."""
         policy = queue.policy
         lane = policy.lanes[lease.key]
         admission = self._admission
         ceiling = admission.ceiling(policy, lane, queue.depth)
         predict = lane.predict
-        now = asyncio.get_running_loop().time()
         stats = queue.stats
         items = queue.items
         # Items share one budget, so the oldest has the earliest deadline: when
@@ -160,12 +159,13 @@ class Dispatcher:
         queue.stats.in_flight[lease.key] -= size
         self.progress.set()
 
-    async def _execute(self, lease: Lease, queue: ApiQueue, batch: list[Pending], rows: int) -> None:
+    async def _execute(self, lease: Lease, queue: ApiQueue, batch: list[Pending], rows: int,
+                       loop: asyncio.AbstractEventLoop) -> None:
         stats = queue.stats
         api = queue.api
         streams = None
         if api.streams:
-            streams = StreamBatch(batch, stats, self._stream_limits, asyncio.get_running_loop())
+            streams = StreamBatch(batch, stats, self._stream_limits, loop)
         watch = _watch_for_gone(lease, batch) if api.is_async and streams is None else None
         try:
             if streams is None:
@@ -217,7 +217,7 @@ class Dispatcher:
             self._failed_whole(lease, queue, batch, rows, result)
             return
         policy = queue.policy
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         self._admission.learn(policy, policy.lanes[lease.key], rows, result, now, stats)
         again = batch[0].rerun
         if again is not None and again.oom is not None and result.out_of_memory:
